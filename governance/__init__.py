@@ -1,0 +1,42 @@
+"""governance: explanations, quality evidence and compliance reports for registered ML models.
+
+Public API (imported lazily so that ``governance --help`` stays fast)::
+
+    from governance import hookimpl, Method, MethodConfig, MethodContext, Requirement, Explanation
+    from governance import explain, report        # the Python entry points
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from governance.hookspecs import HOOK_API_VERSION, hookimpl  # noqa: E402  (pluggy only: cheap)
+
+_LAZY = {
+    "Method": "governance.method",
+    "MethodConfig": "governance.method",
+    "MethodContext": "governance.method",
+    "Requirement": "governance.method",
+    "Explanation": "governance.results",
+    "RunResult": "governance.results",
+    "Dataset": "governance.dataset",
+    "LoadedModel": "governance.model",
+    "ModelVersionInfo": "governance.model",
+    "TensorSpec": "governance.model",
+    "explain": "governance.api",
+    "report": "governance.api",
+    "resolve": "governance.api",
+    "load": "governance.api",
+}
+
+__all__ = ["__version__", "hookimpl", "HOOK_API_VERSION", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'governance' has no attribute {name!r}")

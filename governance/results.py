@@ -1,0 +1,130 @@
+"""What methods return and what a run produces. Both serialise to plain JSON (``to_dict``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_SKIPPED = "skipped"
+
+
+def jsonable(value: Any) -> Any:
+    """Plain-JSON copy of ``value`` (numpy scalars and arrays, paths and dataclasses included)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if hasattr(value, "model_dump"):
+        return jsonable(value.model_dump())
+    return value
+
+
+@dataclass
+class Explanation:
+    """One method's result.
+
+    ``arrays`` are written to ``explanations/<method>/arrays.npz``; ``figures`` are PNG files the method
+    wrote (use :meth:`governance.method.MethodContext.save_figure`); ``tables`` are lists of row dicts;
+    ``details`` holds anything else JSON-serialisable the report section wants (a formula, top terms).
+    ``summary`` is one or two plain sentences a validator can read without knowing the method.
+    """
+
+    method: str
+    status: str = STATUS_OK
+    summary: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    reason: str | None = None  # why skipped / failed
+    # filled in by the host
+    method_version: str | None = None
+    title: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    seconds: float | None = None
+    plugin: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in (
+            "method", "method_version", "title", "plugin", "status", "summary", "reason", "metrics",
+            "tables", "details", "findings", "warnings", "config", "seed", "seconds", "error_type",
+        )}
+        d["figures"] = {name: Path(p).name for name, p in self.figures.items()}
+        d["arrays"] = {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in self.arrays.items()}
+        return jsonable(d)
+
+
+@dataclass
+class RunResult:
+    """A whole governance run over one model version."""
+
+    model: dict[str, Any]
+    runtime: dict[str, Any]
+    data: dict[str, Any]
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    plugins: list[dict[str, Any]]
+    explanations: list[Explanation] = field(default_factory=list)
+    peers: list[dict[str, Any]] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+    experiment_id: str | None = None
+    tracking_uri: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    status: str = "running"  # running | ok | partial | failed
+    config_hash: str | None = None
+    workdir: Path | None = None
+    reused: bool = False
+
+    def explanation(self, method: str) -> Explanation | None:
+        return next((e for e in self.explanations if e.method == method), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "schema": "governance.run/1",
+            "status": self.status,
+            "model": self.model,
+            "runtime": self.runtime,
+            "data": self.data,
+            "config": self.config,
+            "config_hash": self.config_hash,
+            "environment": self.environment,
+            "plugins": self.plugins,
+            "peers": self.peers,
+            "mlflow": {
+                "run_id": self.mlflow_run_id,
+                "experiment_id": self.experiment_id,
+                "tracking_uri": self.tracking_uri,
+            },
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "reused": self.reused,
+            "explanations": [e.to_dict() for e in self.explanations],
+        }
+        return jsonable(d)
