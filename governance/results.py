@@ -92,6 +92,11 @@ class RunResult:
     plugins: list[dict[str, Any]]
     explanations: list[Explanation] = field(default_factory=list)
     peers: list[dict[str, Any]] = field(default_factory=list)
+    #: {"evaluation": {metric: value, "n": ..., "on": "<data source>"} when labels exist,
+    #:  "training_run": {"metrics": {...}, "params": {...}}} from the model's source run}
+    performance: dict[str, Any] = field(default_factory=dict)
+    #: command line / API call that produced the run (reproducibility annex)
+    invocation: str | None = None
     mlflow_run_id: str | None = None
     experiment_id: str | None = None
     tracking_uri: str | None = None
@@ -117,6 +122,8 @@ class RunResult:
             "environment": self.environment,
             "plugins": self.plugins,
             "peers": self.peers,
+            "performance": self.performance,
+            "invocation": self.invocation,
             "mlflow": {
                 "run_id": self.mlflow_run_id,
                 "experiment_id": self.experiment_id,
