@@ -23,12 +23,23 @@ from governance.cli.options import echo_json, split_csv
 # ------------------------------------------------------------------------------------------ shared options
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (not the stream at set-up time)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging(level: str) -> None:
     root = logging.getLogger("governance")
-    if not any(getattr(h, "_governance_service", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
-        handler._governance_service = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper())
 
@@ -154,14 +165,24 @@ def _worker(queue: Any, kw: dict[str, Any]) -> Any:
 
 
 class _Stopper:
-    """SIGINT/SIGTERM: first stops gracefully (running jobs finish), a second one gives jobs back at once."""
+    """SIGINT/SIGTERM: first stops gracefully (running jobs finish), a second one gives jobs back at once.
+    A context manager: the previous handlers come back on exit."""
 
     def __init__(self, worker: Any = None) -> None:
         self.event = threading.Event()
         self.worker = worker
         self._hits = 0
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stopper":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self._hits += 1
@@ -175,7 +196,21 @@ class _Stopper:
 # ------------------------------------------------------------------------------------------ serve
 
 
-@click.command("serve")
+ENV = {"auto_envvar_prefix": "GOVERNANCE"}
+SHARED_NOTE = """
+    Every option may also come from an environment variable named GOVERNANCE_<PARAMETER> (e.g.
+    GOVERNANCE_METHODS, GOVERNANCE_POLICY, GOVERNANCE_MAX_SAMPLES, GOVERNANCE_ALIASES="a b"): give
+    `serve`, `watch` and `schedule` the same report options that way, so the jobs they queue for one
+    version share one idempotency key (the settings fingerprint is logged at start).
+"""
+
+
+def _shared_note(fn: Callable) -> Callable:
+    fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + SHARED_NOTE
+    return fn
+
+
+@click.command("serve", context_settings=ENV)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8787, show_default=True)
 @click.option("--path", "url_path", default="/webhook", show_default=True, help="URL path MLflow posts to.")
@@ -188,6 +223,7 @@ class _Stopper:
 @worker_options
 @queue_option
 @log_option
+@_shared_note
 def serve_cmd(host: str, port: int, url_path: str, window_s: float, worker: bool, created: bool,
               aliases: tuple[str, ...], tags: tuple[str, ...], models: tuple[str, ...], max_attempts: int,
               queue_url: str | None, log_level: str, **kw: Any) -> None:
@@ -217,7 +253,8 @@ def serve_cmd(host: str, port: int, url_path: str, window_s: float, worker: bool
                         max_attempts=max_attempts)
     app = create_app(receiver, path=url_path, worker=worker_obj)
     click.echo(f"governance receiver on http://{host}:{port}{url_path} ({rules.describe()}); queue {queue.path}; "
-               f"worker {'in-process' if worker_obj else 'separate (governance jobs work)'}", err=True)
+               f"worker {'in-process' if worker_obj else 'separate (governance jobs work)'}; "
+               f"settings {settings.fingerprint()[:12]}", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level if log_level != "info" else "warning",
                 access_log=False, lifespan="on", workers=1)
 
@@ -250,7 +287,10 @@ def _jobs_table(jobs: list[Any]) -> None:
         table.add_row(str(j.id), f"[{colours.get(j.state, 'white')}]{j.state}[/]",
                       f"{j.payload.get('name')}/{j.payload.get('version')}", j.trigger, j.source,
                       f"{j.attempts}/{j.max_attempts}", str(j.duplicates), _ago(j.updated_at), note)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 @click.group("jobs", invoke_without_command=True)
@@ -334,7 +374,7 @@ def jobs_cancel(ctx: click.Context, job_ids: tuple[int, ...], queue_url: str | N
         click.echo(f"job {job_id} cancelled")
 
 
-@jobs_cmd.command("work")
+@jobs_cmd.command("work", context_settings=ENV)
 @click.option("--drain", is_flag=True, help="Exit once nothing is queued or running.")
 @click.option("--max-jobs", type=click.IntRange(1), default=None, help="Exit after claiming this many jobs.")
 @worker_options
@@ -353,17 +393,17 @@ def jobs_work(ctx: click.Context, drain: bool, max_jobs: int | None, queue_url: 
     _setup_logging(log_level)
     queue = _queue_of(ctx, queue_url)
     worker = _worker(queue, kw)
-    _Stopper(worker)
     click.echo(f"worker {worker.owner} on {queue.path} (concurrency {worker.concurrency}, {worker.isolation} "
                "isolation)", err=True)
-    stats = worker.run(until=queue_idle(queue) if drain else None, max_jobs=max_jobs)
+    with _Stopper(worker):
+        stats = worker.run(until=queue_idle(queue) if drain else None, max_jobs=max_jobs)
     click.echo(f"worker done: {stats.succeeded} succeeded, {stats.failed} failed, {stats.retried} retried", err=True)
 
 
 # ------------------------------------------------------------------------------------------ watch
 
 
-@click.command("watch")
+@click.command("watch", context_settings=ENV)
 @click.option("--interval", "interval", default="60s", show_default=True, metavar="DURATION",
               help="Time between registry polls (e.g. 30s, 5m).")
 @click.option("--once", is_flag=True, help="Poll once (and, with --worker, run what was queued), then exit.")
@@ -377,6 +417,7 @@ def jobs_work(ctx: click.Context, drain: bool, max_jobs: int | None, queue_url: 
 @worker_options
 @queue_option
 @log_option
+@_shared_note
 def watch_cmd(interval: str, once: bool, lookback: str, backfill: bool, worker: bool, created: bool,
               aliases: tuple[str, ...], tags: tuple[str, ...], models: tuple[str, ...], max_attempts: int,
               queue_url: str | None, log_level: str, **kw: Any) -> None:
@@ -397,32 +438,34 @@ def watch_cmd(interval: str, once: bool, lookback: str, backfill: bool, worker: 
     worker_obj = _worker(queue, kw) if worker else None
     watcher = Watcher(queue, rules, settings, lookback_s=parse_duration(lookback), backfill=backfill,
                       max_attempts=max_attempts, on_enqueued=worker_obj.wake if worker_obj else None)
-    if once:
-        result = watcher.poll_once()
-        click.echo(f"watch: {result.summary()}", err=True)
-        if worker_obj is not None and result.queued:
-            stats = worker_obj.run(until=jobs_final(queue, result.queued))
-            click.echo(f"ran {stats.finished} job(s): {stats.succeeded} succeeded, {stats.failed} failed", err=True)
-            if stats.failed:
-                sys.exit(1)
-        return
-    stopper = _Stopper(worker_obj)
-    thread = None
-    if worker_obj is not None:
-        thread = threading.Thread(target=worker_obj.run, name="governance-worker", daemon=True)
-        thread.start()
-    click.echo(f"watching {settings.tracking_uri or 'the default tracking store'} every {interval} "
-               f"({rules.describe()}); queue {queue.path}", err=True)
-    watcher.run(interval_s=parse_duration(interval), stop=stopper.event)
-    if worker_obj is not None and thread is not None:
-        worker_obj.stop()
-        thread.join()
+    click.echo(f"watch: settings {settings.fingerprint()[:12]}, queue {queue.path}", err=True)
+    with _Stopper(worker_obj) as stopper:
+        if once:
+            result = watcher.poll_once()
+            click.echo(f"watch: {result.summary()}", err=True)
+            if worker_obj is not None and result.queued:
+                stats = worker_obj.run(until=jobs_final(queue, result.queued))
+                click.echo(f"ran {stats.finished} job(s): {stats.succeeded} succeeded, {stats.failed} failed",
+                           err=True)
+                if stats.failed:
+                    sys.exit(1)
+            return
+        thread = None
+        if worker_obj is not None:
+            thread = threading.Thread(target=worker_obj.run, name="governance-worker", daemon=True)
+            thread.start()
+        click.echo(f"watching {settings.tracking_uri or 'the default tracking store'} every {interval} "
+                   f"({rules.describe()})", err=True)
+        watcher.run(interval_s=parse_duration(interval), stop=stopper.event)
+        if worker_obj is not None and thread is not None:
+            worker_obj.stop()
+            thread.join()
 
 
 # ------------------------------------------------------------------------------------------ schedule
 
 
-@click.command("schedule")
+@click.command("schedule", context_settings=ENV)
 @click.option("--alias", "aliases", multiple=True, required=True, metavar="ALIAS",
               help="Report on the version behind this alias of every selected model. Repeatable.")
 @click.option("--model", "models", multiple=True, metavar="PATTERN", help="Only these registered models. Repeatable.")
@@ -434,6 +477,7 @@ def watch_cmd(interval: str, once: bool, lookback: str, backfill: bool, worker: 
 @worker_options
 @queue_option
 @log_option
+@_shared_note
 def schedule_cmd(aliases: tuple[str, ...], models: tuple[str, ...], every: str | None, run_jobs: bool,
                  max_attempts: int, queue_url: str | None, log_level: str, **kw: Any) -> None:
     """Recurring reports on every version that carries an alias (e.g. champion).
@@ -455,25 +499,26 @@ def schedule_cmd(aliases: tuple[str, ...], models: tuple[str, ...], every: str |
     queue = _queue(queue_url)
     worker_obj = _worker(queue, kw) if run_jobs else None
     period = parse_duration(every) if every else None
-    stopper = _Stopper(worker_obj)
-    failed_any = False
-    while True:
-        started = time.monotonic()
-        result = schedule_pass(queue, tuple(aliases), settings, models=tuple(models), max_attempts=max_attempts)
-        click.echo(f"schedule: {len(result.targets)} version(s) behind {', '.join('@' + a for a in aliases)}; "
-                   f"{len(result.queued)} queued, {len(result.already)} already queued or reported", err=True)
-        if worker_obj is not None and result.job_ids:
-            worker_obj.run(until=jobs_final(queue, result.job_ids))
-            jobs = queue.jobs(ids=result.job_ids, limit=len(result.job_ids))
-            failed = [j for j in jobs if j.state != "succeeded"]
-            for j in failed:
-                click.echo(f"  job {j.id} {j.payload.get('model_uri')}: {j.state} "
-                           f"{(j.error or '').splitlines()[0] if j.error else ''}", err=True)
-            failed_any = failed_any or bool(failed)
-        if period is None or stopper.event.is_set():
-            break
-        if stopper.event.wait(max(0.0, period - (time.monotonic() - started))):
-            break
+    click.echo(f"schedule: settings {settings.fingerprint()[:12]}, queue {queue.path}", err=True)
+    with _Stopper(worker_obj) as stopper:
+        failed_any = False
+        while True:
+            started = time.monotonic()
+            result = schedule_pass(queue, tuple(aliases), settings, models=tuple(models), max_attempts=max_attempts)
+            click.echo(f"schedule: {len(result.targets)} version(s) behind {', '.join('@' + a for a in aliases)}; "
+                       f"{len(result.queued)} queued, {len(result.already)} already queued or reported", err=True)
+            if worker_obj is not None and result.job_ids:
+                worker_obj.run(until=jobs_final(queue, result.job_ids))
+                jobs = queue.jobs(ids=result.job_ids, limit=len(result.job_ids))
+                failed = [j for j in jobs if j.state != "succeeded"]
+                for j in failed:
+                    click.echo(f"  job {j.id} {j.payload.get('model_uri')}: {j.state} "
+                               f"{(j.error or '').splitlines()[0] if j.error else ''}", err=True)
+                failed_any = failed_any or bool(failed)
+            if period is None or stopper.event.is_set():
+                break
+            if stopper.event.wait(max(0.0, period - (time.monotonic() - started))):
+                break
     if failed_any:
         sys.exit(1)
 

@@ -58,17 +58,29 @@ class Trigger:
         return f"models:/{self.name}/{self.version}"
 
 
+#: version tags governance writes itself (status, run id, hashes): a trigger on them would loop
+RESERVED_TAG_PREFIX = "governance."
+REQUEST_TAG = "governance.request"
+
+
 @dataclass(frozen=True)
 class TagRule:
     key: str
     value: str | None = None  # None: any value
+
+    def __post_init__(self) -> None:
+        if self.key.startswith(RESERVED_TAG_PREFIX) and self.key != REQUEST_TAG:
+            raise ConfigError(
+                f"tag {self.key!r} is written by governance itself; reacting to it would report in a loop",
+                hint=f"use {REQUEST_TAG} (or a tag outside the governance. namespace) to request reports",
+            )
 
     @classmethod
     def parse(cls, text: str) -> "TagRule":
         key, sep, value = text.partition("=")
         key = key.strip()
         if not key:
-            raise ConfigError(f"invalid tag rule {text!r}", hint="use KEY or KEY=VALUE, e.g. governance.request")
+            raise ConfigError(f"invalid tag rule {text!r}", hint=f"use KEY or KEY=VALUE, e.g. {REQUEST_TAG}")
         return cls(key, value if sep else None)
 
     def matches(self, key: str, value: str) -> bool:

@@ -155,3 +155,21 @@ def read_markers(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """A SQLite MLflow store with three registered models (no artifacts needed: the handler is a marker)."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("service-store")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for name in ("fraud-a", "fraud-b", "churn"):
+        client.create_registered_model(name)
+        for _ in range(2):
+            client.create_model_version(name, source=str(root / name))
+    client.set_registered_model_alias("fraud-a", "champion", "2")
+    client.set_registered_model_alias("churn", "champion", "1")
+    client.set_model_version_tag("fraud-b", "1", "governance.request", "please")
+    return {"uri": uri, "client": client, "root": root}
