@@ -531,7 +531,7 @@ def webhook_cmd() -> None:
     """Manage the MLflow webhook that feeds `governance serve`."""
 
 
-@webhook_cmd.command("install")
+@webhook_cmd.command("install", context_settings=ENV)
 @click.option("--url", required=True, metavar="URL", help="Where MLflow posts: the receiver's URL, e.g. "
               "https://governance.example.com/webhook.")
 @click.option("--name", default="governance", show_default=True, help="Webhook name; an existing one is updated.")
