@@ -124,7 +124,8 @@ def default_ridge(gram: np.ndarray) -> float:
     return 1e-8 * float(np.trace(gram)) / len(gram)
 
 
-def normal_equations(z: np.ndarray, y: np.ndarray, alpha: np.ndarray, basis: BasisName) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def normal_equations(z: np.ndarray, y: np.ndarray, alpha: np.ndarray,
+                     basis: BasisName) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Phi^T Phi (L, L), Phi^T y (L, K) and y^T y (K,), accumulated over row chunks."""
     plan = TermPlan.from_alpha(alpha, int(np.max(alpha, initial=0)))
     from scipy.linalg.blas import dsyrk
@@ -238,7 +239,7 @@ class VarianceDecomposition:
 
 def variance_decomposition(coef: np.ndarray, alpha: np.ndarray, gamma: np.ndarray) -> VarianceDecomposition:
     alpha = np.asarray(alpha)
-    K, (L, d) = coef.shape[0], alpha.shape
+    K, d = coef.shape[0], alpha.shape[1]
     energy = coef**2 * gamma[None, :]
     active = alpha > 0
     order = active.sum(axis=1)

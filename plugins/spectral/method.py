@@ -33,6 +33,15 @@ RECONSTRUCTION_NOTE = (
     "truncated expansion, linear in named basis functions (methods-specxai-neflag.md, Part B).")
 
 
+REDUCTION_LABELS = {
+    "none": "every input that varies on the box",
+    "features": "the configured subset of inputs",
+    "top_k": "the inputs with the largest effect in a sweep screen",
+    "pca": "principal-component scores of the data",
+    "pool": "mean brightness of image blocks",
+}
+
+
 class SpectralConfig(MethodConfig):
     """Options of the spectral surrogate. Defaults follow spec B3.6."""
 
@@ -60,7 +69,7 @@ class SpectralConfig(MethodConfig):
         "auto", description="input coordinates of the expansion; auto: pca for images, none otherwise")
     features: list[str | int] | None = Field(None, description="inputs for reduce='features' (names or indices)")
     top_k: int = Field(10, ge=1, description="inputs kept by reduce='top_k'")
-    n_components: int = Field(10, ge=1, description="principal components for reduce='pca'")
+    n_components: int = Field(16, ge=1, description="principal components for reduce='pca'")
     pool_size: int = Field(2, ge=1, description="block size for reduce='pool'")
     max_terms: int = Field(4000, ge=1, description="largest index set accepted (memory ~ 8 x terms^2 bytes)")
     n_test: int = Field(2000, ge=10, description="fresh held-out points from the basis measure")
@@ -263,7 +272,8 @@ class SpectralSurrogate(Method):
         fid_reduction = None
         if reduction.kind != "none":  # how much of the network the chosen coordinates can see at all
             fid_reduction = F.fidelity(y_data, run_model(reduction.decode(np.clip(U_data, box[:, 0], box[:, 1]))))
-        n_eval_total = fit.n_evaluations + len(z_test) + len(rows) * (2 if fid_reduction is not None else 1) + pb.screen_evaluations
+        n_eval_total = (fit.n_evaluations + len(z_test) + len(rows) * (2 if fid_reduction is not None else 1)
+                        + pb.screen_evaluations)
 
         # --- understanding -------------------------------------------------------------------------
         ctx.progress(0.85, "spectrum and figures")
@@ -279,8 +289,8 @@ class SpectralSurrogate(Method):
             cfg=cfg, ctx=ctx, fit=fit, coef=coef, coef_full=coef_full, kept=kept, alpha=alpha, gamma=gamma, box=box,
             reduction=reduction, names=reduction.names, out_names=out_names, shown=shown, p=p, q=q, d=d,
             spectrum=spectrum, vd=vd, fid_test=fid_test, fid_data=fid_data, fid_inside=fid_inside,
-            fid_reduction=fid_reduction,
-            trunc_test=trunc_test, trunc_data=trunc_data, outside=outside, y_test=y_test, yhat_test=yhat_test,
+            fid_reduction=fid_reduction, trunc_test=trunc_test, trunc_data=trunc_data, outside=outside, y_test=y_test,
+            yhat_test=yhat_test,
             y_data=y_data, yhat_data=yhat_data, is_image=is_image, sample_shape=sample_shape,
             n_eval_total=n_eval_total, fit_seconds=fit_seconds, screen_evals=pb.screen_evaluations,
             data_held_out=pb.train_rows is None or not np.isin(rows, pb.train_rows).any())
@@ -372,13 +382,13 @@ class SpectralSurrogate(Method):
                   reduction: R.Reduction, names: list[str], out_names: list[str], shown: list[int], p: int, q: int,
                   d: int, spectrum: np.ndarray, vd: F.VarianceDecomposition, fid_test: F.Fidelity,
                   fid_data: F.Fidelity, fid_inside: F.Fidelity | None, fid_reduction: F.Fidelity | None,
-                  trunc_test: np.ndarray,
-                  trunc_data: np.ndarray, outside: np.ndarray, y_test: np.ndarray, yhat_test: np.ndarray,
+                  trunc_test: np.ndarray, trunc_data: np.ndarray, outside: np.ndarray, y_test: np.ndarray,
+                  yhat_test: np.ndarray,
                   y_data: np.ndarray, yhat_data: np.ndarray, is_image: bool, sample_shape: tuple[int, ...],
                   n_eval_total: int, fit_seconds: float, screen_evals: int, data_held_out: bool) -> Explanation:
         from governance_plugins.spectral import figures as FG
 
-        K, L = coef.shape
+        L = coef.shape[1]
         measure = B.MEASURE[cfg.basis]
         n_kept = kept.sum(axis=1)
         linear_share = np.where(vd.variance > 0, spectrum[:, 1] / np.where(vd.variance > 0, vd.variance, 1.0), 0.0)
@@ -408,6 +418,12 @@ class SpectralSurrogate(Method):
             "first_order_share": float(main_coord[i] / total_var) if total_var > 0 else 0.0,
             "interaction_share": float((energy_coord[i] - main_coord[i]) / total_var) if total_var > 0 else 0.0,
         } for i in order[: max(cfg.top_terms, 15)] if energy_coord[i] > 0]
+        pairs = (vd.pair_share[shown] * vd.variance[shown, None, None]).sum(axis=0)
+        iu, ju = np.triu_indices(d, 1)
+        top_pairs = np.argsort(-pairs[iu, ju])[:10] if d > 1 else []
+        interaction_table = [{"inputs": f"{names[iu[n]]} × {names[ju[n]]}",
+                              "share": float(pairs[iu[n], ju[n]] / total_var) if total_var > 0 else 0.0}
+                             for n in top_pairs if pairs[iu[n], ju[n]] > 0]
         spectrum_table = [{
             "degree": j, "energy": float(spectrum[shown, j].sum()),
             "share": float(spectrum[shown, j].sum() / total_var) if total_var > 0 else 0.0,
@@ -488,7 +504,9 @@ class SpectralSurrogate(Method):
             warns.append(f"The {reduction.kind} coordinates preserve the network's outputs only to R² "
                          f"{np.mean(fid_reduction.r2):.3f} on dataset rows: the surrogate cannot see the rest.")
 
-        summary = (f"A degree-{p} {cfg.basis.capitalize()} surrogate over {d} input coordinates "
+        coords = {"none": "inputs", "features": "selected inputs", "top_k": "screened inputs",
+                  "pca": "principal-component scores", "pool": "image blocks"}[reduction.kind]
+        summary = (f"A degree-{p} {cfg.basis.capitalize()} surrogate over {d} {coords} "
                    f"({L:,} terms, {fit.method.replace('_', ' ')} on {fit.n_evaluations:,} model evaluations) "
                    f"reproduces the network with held-out R² {mean_r2:.3f} (dataset rows {mean_r2_data:.3f}); its "
                    f"linear part alone reaches R² {np.mean(trunc_test[:, 0]):.3f}.")
@@ -498,7 +516,8 @@ class SpectralSurrogate(Method):
             "n_inputs": d, "n_terms": L, "coefficient_method": fit.method, "quadrature_nodes": fit.nodes,
             "n_evaluations_fit": fit.n_evaluations, "n_evaluations": n_eval_total, "screen_evaluations": screen_evals,
             "ridge": fit.ridge, "sparsify": cfg.sparsify, "output": cfg.output,
-            "reduction": {"kind": reduction.kind, "note": reduction.note, "n_coordinates": d,
+            "reduction": {"kind": reduction.kind, "label": REDUCTION_LABELS[reduction.kind], "note": reduction.note,
+                          "n_coordinates": d,
                           **{k: v for k, v in reduction.details.items() if k != "screen_scores"}},
             "box": [{"coordinate": n, "low": float(lo), "high": float(hi)} for n, (lo, hi) in zip(names, box)],
             "box_source": "user bounds" if cfg.box is not None and reduction.kind not in ("pca", "pool")
@@ -517,7 +536,7 @@ class SpectralSurrogate(Method):
         }
         return Explanation(method=self.name, summary=summary, metrics=metrics, arrays=arrays, figures=figures,
                            tables={**top_tables, "feature_energy": feature_table, "spectrum": spectrum_table,
-                                   "fidelity": fidelity_table},
+                                   "interactions": interaction_table, "fidelity": fidelity_table},
                            details=details, findings=findings, warnings=warns)
 
 
