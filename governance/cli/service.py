@@ -279,7 +279,9 @@ def _jobs_table(jobs: list[Any]) -> None:
     for j in jobs:
         if j.state == "succeeded":
             res = j.result or {}
-            note = f"{res.get('status', 'ok')} run {res.get('mlflow_run_id') or '-'}"
+            note = f"{res.get('status', 'ok')}, run {res.get('mlflow_run_id') or '-'}"
+            if res.get("pdf"):
+                note += f", {res['pdf']}"
         elif j.state == "queued" and j.run_after > time.time() + 0.5:
             note = f"retry at {_ago(j.run_after)}: {(j.error or '').splitlines()[0][:80] if j.error else ''}"
         else:

@@ -82,7 +82,12 @@ def run_settings(settings: ReportSettings, model_uri: str, invocation: str) -> d
 
 
 def report_job(job: Job) -> dict[str, Any]:
-    """Explain ``job.payload['model_uri']`` with the job's settings, log to MLflow, render the report."""
+    """Explain ``job.payload['model_uri']`` with the job's settings, log to MLflow, render the report.
+
+    Reports go to ``--output-dir`` (default ``$GOVERNANCE_HOME/reports``) in ``<name>-v<version>/`` and to the
+    governance run in MLflow. A policy verdict of "fail" is a result, not a job failure: it is recorded
+    in the job's result (and in the version's ``governance.status`` tag).
+    """
     payload = job.payload
     settings = ReportSettings.from_dict(payload["settings"])
     model_uri = payload["model_uri"]
@@ -90,26 +95,36 @@ def report_job(job: Job) -> dict[str, Any]:
     kwargs = run_settings(settings, model_uri, f"governance job {job.id} ({job.source}: {job.trigger})")
     report = _report_function() if settings.report else None
     if report is not None:
-        outcome = report(model_uri, policy=settings.policy, output_dir=settings.output_dir, **kwargs)
-        return _summarise(outcome, reported=True)
+        from governance.service.config import state_dir
+
+        out_dir = settings.output_dir or str(state_dir() / "reports")
+        return summarise_report(report(model_uri, out_dir=out_dir, policy=settings.policy, **kwargs))
     from governance.api import explain
 
-    return _summarise(explain(model_uri, **kwargs), reported=False)
+    return summarise_run(explain(model_uri, **kwargs))
 
 
-def _summarise(outcome: Any, *, reported: bool) -> dict[str, Any]:
-    """A small JSON result for the queue (the full record lives in MLflow and the report files)."""
-    run = getattr(outcome, "run", outcome)
-    out: dict[str, Any] = {
-        "status": getattr(run, "status", None),
-        "mlflow_run_id": getattr(run, "mlflow_run_id", None),
-        "reused": getattr(run, "reused", None),
-        "reported": reported,
+def summarise_run(run: Any) -> dict[str, Any]:
+    """A small JSON result for the queue (the full record lives in MLflow)."""
+    return {
+        "status": run.status,
+        "mlflow_run_id": run.mlflow_run_id,
+        "reused": bool(run.reused),
+        "methods": {e.method: e.status for e in run.explanations},
+        "reported": False,
     }
-    for attr in ("pdf", "html", "json", "path", "verdict", "policy"):
-        value = getattr(outcome, attr, None)
-        if value is not None and not callable(value):
-            out[attr] = str(value) if not isinstance(value, (dict, list, bool, int, float)) else value
-    if run is not None and getattr(run, "explanations", None):
-        out["methods"] = {e.method: e.status for e in run.explanations}
-    return out
+
+
+def summarise_report(result: Any) -> dict[str, Any]:
+    """What the queue keeps of a report: verdict, where the files are, the MLflow run."""
+    return {
+        "status": result.status,
+        "verdict": result.verdict,
+        "run_status": result.run_status,
+        "mlflow_run_id": result.run_id,
+        "report_id": result.report_id,
+        "out_dir": str(result.out_dir),
+        "pdf": str(result.pdf_path) if result.pdf_path else None,
+        "logged_to_mlflow": bool(result.logged),
+        "reported": True,
+    }

@@ -57,9 +57,9 @@ def schedule_pass(
         raise ConfigError("schedule needs at least one --alias", hint="e.g. governance schedule --alias champion")
     rules = TriggerRules(created=False, aliases=tuple(aliases), models=tuple(models))
     if client is None:
-        from mlflow import MlflowClient
+        from governance.tracking import client as tracking_client, resolve_tracking_uri
 
-        client = MlflowClient(tracking_uri=settings.tracking_uri) if settings.tracking_uri else MlflowClient()
+        client = tracking_client(resolve_tracking_uri(settings.tracking_uri))
     fingerprint = settings.fingerprint()
     result = ScheduleResult()
     token = None

@@ -80,9 +80,9 @@ class Watcher:
         on_enqueued: Callable[[], None] | None = None,
     ) -> None:
         if client is None:
-            from mlflow import MlflowClient
+            from governance.tracking import client as tracking_client, resolve_tracking_uri
 
-            client = MlflowClient(tracking_uri=settings.tracking_uri) if settings.tracking_uri else MlflowClient()
+            client = tracking_client(resolve_tracking_uri(settings.tracking_uri))
         self.client = client
         self.queue = queue
         self.rules = rules

@@ -35,17 +35,16 @@ class InstallResult:
 
 
 def _client(tracking_uri: str | None) -> Any:
-    from mlflow import MlflowClient
-    from mlflow.tracking import get_tracking_uri
+    from governance.tracking import client, resolve_tracking_uri
 
-    uri = tracking_uri or get_tracking_uri()
+    uri = resolve_tracking_uri(tracking_uri)
     if urlparse(uri).scheme not in ("http", "https"):
         raise ConfigError(
             f"webhooks need an MLflow tracking server, not {uri!r}",
             hint="pass --tracking-uri http://<mlflow-server>:5000 (a direct database or file store fires no "
             "webhooks; use `governance watch` for those)",
         )
-    return MlflowClient(tracking_uri=uri)
+    return client(uri)
 
 
 def list_webhooks(tracking_uri: str | None, *, client: Any = None) -> list[Any]:
