@@ -20,12 +20,27 @@ from governance.service.triggers import Trigger
 JOB_KIND = "report"
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def _file_digest(path: str | None, what: str) -> str | None:
+    """sha256 of a file's contents, cached on (path, mtime, size): the receiver fingerprints the settings
+    on every delivery and a data file may be large."""
     if not path:
         return None
     p = Path(path).expanduser()
     try:
-        return hashlib.sha256(p.read_bytes()).hexdigest()
+        st = p.stat()
+        key = (str(p), st.st_mtime_ns, st.st_size)
+        if key not in _DIGESTS:
+            h = hashlib.sha256()
+            with p.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            if len(_DIGESTS) > 256:
+                _DIGESTS.clear()
+            _DIGESTS[key] = h.hexdigest()
+        return _DIGESTS[key]
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} file {p}: {exc.strerror}", hint=f"check the --{what} path") from None
 

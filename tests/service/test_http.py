@@ -123,3 +123,24 @@ def test_burst_loses_nothing_and_duplicates_nothing(receiver):
     assert statuses == {202: N_BURST + N_SAME_VERSION, 200: N_RETRIES}
     assert len(same_jobs) == 1 and same_jobs[0].duplicates == N_SAME_VERSION - 1
     assert wall < 120  # bounded; generous for a loaded 2-core machine
+
+
+def test_restarted_receiver_keeps_jobs_and_delivery_ids(tmp_path):
+    """Jobs and delivery ids live in the queue file: a replay after a restart still creates nothing."""
+    port, queue = free_port(), tmp_path / "queue.db"
+    env = child_env(tmp_path, GOVERNANCE_WEBHOOK_SECRET=SECRET)
+    cmd = governance_cmd("serve", "--port", str(port), "--queue", f"sqlite:///{queue}", "--no-worker",
+                         "--tracking-uri", "http://127.0.0.1:9")
+    body = created("restart-model", 7)
+    headers = signed_headers(body)
+    for run in range(2):
+        proc = start(cmd, env, tmp_path / f"serve{run}.log")
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", 60, proc)
+            status, doc = post(port, body, headers)
+            assert (status, doc["status"]) == ((202, "queued") if run == 0 else (200, "duplicate"))
+        finally:
+            stop(proc)
+        assert proc.returncode in (0, -15)  # uvicorn shuts down cleanly, then re-raises SIGTERM
+    (job,) = JobQueue(queue).jobs()
+    assert job.payload["model_uri"] == "models:/restart-model/7" and job.state == "queued"

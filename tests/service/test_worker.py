@@ -204,3 +204,22 @@ def test_worker_validates_its_options(tmp_path):
         Worker(q, "governance.nothing_here:fn")
     with pytest.raises(ConfigError):
         Worker(q, lambda j: {}, concurrency=0)
+
+
+def test_real_handler_retries_an_unreachable_server(tmp_path, monkeypatch):
+    """The production handler against a closed port: transient, retried with back-off, then final."""
+    from governance.service.handlers import report_job
+    from governance.service.jobs import ReportSettings, job_spec
+    from governance.service.triggers import Trigger
+
+    from .conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    q = JobQueue(tmp_path / "q.db")
+    settings = ReportSettings(tracking_uri=f"http://127.0.0.1:{free_port()}")
+    q.enqueue(**job_spec(Trigger("m", "1", "created"), settings, source="test", max_attempts=2))
+    w = run_all(q, report_job)
+    job = q.jobs()[0]
+    assert job.state == "failed" and job.error_kind == "transient" and job.attempts == 2 and w.stats.retried == 1
+    assert "API request to" in job.error
+    assert [e["event"] for e in q.events(job.id)] == ["queued", "claimed", "retry", "claimed", "failed"]
