@@ -88,6 +88,18 @@ CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL, 
 """
 
 
+#: one lock per queue file and process: threads of one process (the receiver's request threads) take turns
+#: here instead of in SQLite's busy handler, whose sleeps (up to 100 ms each) made a long latency tail
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    key = str(path.resolve())
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(key, threading.Lock())
+
+
 @dataclass
 class Job:
     """One row of the queue. ``payload`` and ``result`` are plain JSON objects."""
@@ -158,6 +170,7 @@ class JobQueue:
         self._synchronous = synchronous
         self._busy_ms = int(busy_timeout_s * 1000)
         self._local = threading.local()
+        self._lock = _write_lock(self.path)
         self._init_schema()
 
     # ----------------------------------------------------------------------------------- plumbing
@@ -176,13 +189,14 @@ class JobQueue:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; the write lock is taken at BEGIN so read-then-write steps are atomic."""
         db = self._connect()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def _init_schema(self) -> None:
         db = self._connect()
