@@ -269,8 +269,15 @@ class Worker:
         return self.stats
 
     def _shutdown(self, pool: ThreadPoolExecutor) -> None:
-        deadline = time.monotonic() + (0 if self._force.is_set() else self.grace_seconds)
-        while self.active_jobs and time.monotonic() < deadline and not self._force.is_set():
+        """After ``until``/``max_jobs``: wait for the running jobs. After :meth:`stop`: wait ``grace_seconds``,
+        then give what still runs back to the queue (a forced stop gives it back at once)."""
+        grace_deadline: float | None = None
+        while self.active_jobs and not self._force.is_set():
+            if self._stop.is_set():
+                if grace_deadline is None:
+                    grace_deadline = time.monotonic() + self.grace_seconds
+                if time.monotonic() >= grace_deadline:
+                    break
             time.sleep(0.1)
         with self._lock:
             leftovers = list(self._active.values())

@@ -223,3 +223,18 @@ def test_real_handler_retries_an_unreachable_server(tmp_path, monkeypatch):
     assert job.state == "failed" and job.error_kind == "transient" and job.attempts == 2 and w.stats.retried == 1
     assert "API request to" in job.error
     assert [e["event"] for e in q.events(job.id)] == ["queued", "claimed", "retry", "claimed", "failed"]
+
+
+def test_max_jobs_waits_for_the_running_job(tmp_path):
+    """Ending on max_jobs is not a stop: the claimed job runs to the end, however long the grace period."""
+    q = JobQueue(tmp_path / "q.db")
+    q.enqueue(**spec("1"))
+    q.enqueue(**spec("2"))
+
+    def handler(job):
+        time.sleep(0.5)
+        return {}
+
+    Worker(q, handler, poll_interval=0.02, grace_seconds=0.05).run(max_jobs=1)
+    states = sorted(j.state for j in q.jobs())
+    assert states == ["queued", "succeeded"]
