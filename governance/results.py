@@ -135,3 +135,37 @@ class RunResult:
             "explanations": [e.to_dict() for e in self.explanations],
         }
         return jsonable(d)
+
+
+def explanation_from_dict(d: dict[str, Any], folder: Path | None = None) -> Explanation:
+    """Rebuild an Explanation from its summary.json (arrays reloaded from ``folder/arrays.npz`` if present)."""
+    fields = {k: d.get(k) for k in ("method", "method_version", "title", "plugin", "status", "summary", "reason",
+                                     "seed", "seconds", "error_type") if k in d}
+    e = Explanation(**fields)
+    for key in ("metrics", "tables", "details", "config"):
+        setattr(e, key, d.get(key) or {})
+    e.findings, e.warnings = list(d.get("findings") or []), list(d.get("warnings") or [])
+    if folder is not None:
+        e.figures = {name: Path(folder) / fname for name, fname in (d.get("figures") or {}).items()}
+        npz = Path(folder) / "arrays.npz"
+        if npz.is_file():
+            with np.load(npz, allow_pickle=False) as data:
+                e.arrays = {k: data[k] for k in data.files}
+    return e
+
+
+def run_from_dict(d: dict[str, Any], workdir: Path | None = None) -> RunResult:
+    """Rebuild a RunResult from run.json; ``workdir`` holds ``explanations/<method>/``."""
+    mlf = d.get("mlflow") or {}
+    run = RunResult(
+        model=d.get("model") or {}, runtime=d.get("runtime") or {}, data=d.get("data") or {},
+        config=d.get("config") or {}, environment=d.get("environment") or {}, plugins=d.get("plugins") or [],
+        peers=d.get("peers") or [], performance=d.get("performance") or {}, invocation=d.get("invocation"),
+        mlflow_run_id=mlf.get("run_id"), experiment_id=mlf.get("experiment_id"), tracking_uri=mlf.get("tracking_uri"),
+        started_at=d.get("started_at"), finished_at=d.get("finished_at"), status=d.get("status", "unknown"),
+        config_hash=d.get("config_hash"), workdir=workdir, reused=bool(d.get("reused")),
+    )
+    for ed in d.get("explanations") or []:
+        folder = Path(workdir) / "explanations" / ed["method"] if workdir else None
+        run.explanations.append(explanation_from_dict(ed, folder))
+    return run

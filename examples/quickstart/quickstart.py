@@ -1,0 +1,128 @@
+"""Quick start: train two small models, register two versions of each as PyTorch AND ONNX, explain them and
+render compliance reports. Everything runs on CPU in about a minute, against the local store sqlite:///mlflow.db.
+
+    python examples/quickstart/quickstart.py [--tracking-uri URI] [--out DIR] [--fresh]
+
+Registered models (two versions each; alias ``champion`` on version 2):
+  digits-cnn, digits-cnn-onnx               small CNN on scikit-learn's 8x8 digits
+  breast-cancer-mlp, breast-cancer-mlp-onnx  MLP on scikit-learn's breast-cancer data
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+MODELS = {
+    "digits-cnn": ("digits", dict(epochs=(3, 8))),
+    "breast-cancer-mlp": ("breast-cancer", dict(epochs=(5, 30))),
+}
+
+
+def say(msg: str) -> None:
+    print(f"[quickstart] {msg}", flush=True)
+
+
+def train_versions(kind: str, epochs: tuple[int, int]):
+    """Two versions: v1 under-trained, v2 trained longer (a realistic 'new version')."""
+    from governance.testing.models import (breast_cancer_dataset, digits_cnn, digits_dataset, tabular_mlp,
+                                           train)
+
+    ds = digits_dataset() if kind == "digits" else breast_cancer_dataset()
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(ds))
+    n_test = len(ds) // 5
+    test, train_idx = idx[:n_test], idx[n_test:]
+    train_ds = ds.subset(len(ds))
+    train_ds.X, train_ds.y = ds.X[train_idx], ds.y[train_idx]
+    versions = []
+    for v, ep in enumerate(epochs, start=1):
+        module = digits_cnn() if kind == "digits" else tabular_mlp(ds.n_features, 2)
+        train(module, train_ds, epochs=ep, lr=3e-3, seed=v)
+        versions.append((module, ep))
+    return versions, ds, test
+
+
+def register(name: str, kind: str, epochs: tuple[int, int], client, workdir: Path) -> None:
+    import mlflow
+    import onnx
+    import torch
+
+    from governance.testing.models import export_onnx
+
+    versions, ds, test = train_versions(kind, epochs)
+    X_test, y_test = ds.X[test], ds.y[test]
+    eval_path = workdir / "eval.npz"
+    np.savez(eval_path, X=X_test, y=y_test, feature_names=np.array(ds.feature_names or []),
+             class_names=np.array(ds.class_names or []))
+    mlflow.set_experiment(f"quickstart-{name}")
+    for v, (module, ep) in enumerate(versions, start=1):
+        with torch.no_grad():
+            acc = float((module(torch.from_numpy(X_test)).argmax(1).numpy() == y_test).mean())
+        with mlflow.start_run(run_name=f"{name}-v{v}"):
+            mlflow.log_params({"epochs": ep, "optimizer": "adam", "lr": 3e-3, "seed": v, "dataset": ds.source})
+            mlflow.log_metric("test_accuracy", acc)
+            mlflow.log_artifact(str(eval_path), "governance")  # the data governance explains by default
+            mlflow.pytorch.log_model(module, name="model", input_example=X_test[:2], pip_requirements=["torch"],
+                                     registered_model_name=name)
+            path = export_onnx(module, ds.sample_shape, workdir / f"{name}-v{v}.onnx")
+            mlflow.onnx.log_model(onnx.load(str(path)), name="onnx-model", input_example=X_test[:2],
+                                  pip_requirements=["onnx", "onnxruntime"], registered_model_name=f"{name}-onnx")
+        say(f"registered {name} v{v} and {name}-onnx v{v} (test accuracy {acc:.3f})")
+    for reg_name in (name, f"{name}-onnx"):
+        client.set_registered_model_alias(reg_name, "champion", "2")
+        client.update_registered_model(reg_name, description=(
+            f"Quick-start {kind} classifier. Intended use: demonstration of governance reports; "
+            "not for clinical or production decisions."))
+        client.set_model_version_tag(reg_name, "2", "governance.intended_use",
+                                     "Demonstration of the governance tool on scikit-learn's bundled data.")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    parser.add_argument("--out", default="governance-reports", help="where the reports are written")
+    parser.add_argument("--fresh", action="store_true", help="register new versions even if they exist")
+    args = parser.parse_args()
+
+    import mlflow
+
+    import governance
+    from governance.tracking import client as make_client
+
+    t0 = time.time()
+    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_registry_uri(args.tracking_uri)
+    client = make_client(args.tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (kind, opts) in MODELS.items():
+            existing = client.search_model_versions(f"name='{name}'")
+            if len(existing) >= 2 and not args.fresh:
+                say(f"{name} already has {len(existing)} versions in {args.tracking_uri}: reusing them")
+                continue
+            register(name, kind, opts["epochs"], client, Path(tmp))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
+        os.environ.pop(var, None)
+
+    failures = 0
+    for uri in ("models:/digits-cnn@champion", "models:/breast-cancer-mlp-onnx@champion"):
+        say(f"explaining and reporting on {uri} ...")
+        result = governance.report(uri, tracking_uri=args.tracking_uri, out_dir=Path(args.out))
+        say(f"  report: {result.pdf}  (run {result.run_id}, status {result.status})")
+        failures += result.status not in ("ok", "pass")
+    say(f"done in {time.time() - t0:.0f} s. Open the PDFs under {args.out}/, or browse the runs with "
+        f"`mlflow ui --backend-store-uri {args.tracking_uri}`.")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

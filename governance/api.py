@@ -1,0 +1,85 @@
+"""The Python API: the same operations as the CLI, returning objects instead of printing.
+
+    import governance
+    run = governance.explain("models:/digits-cnn/2", methods=["neflag"], data="eval.npz")
+    print(run.status, run.mlflow_run_id, run.explanation("neflag").metrics)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from governance.results import RunResult
+
+
+def _host(plugins: Sequence[str] | None = None) -> Any:
+    from governance.plugins import get_plugin_host
+
+    return get_plugin_host(allow=list(plugins)) if plugins is not None else get_plugin_host()
+
+
+def explain(
+    model_uri: str,
+    *,
+    methods: Sequence[str] | None = None,
+    data: str | Path | None = None,
+    target: str | None = None,
+    peers: Sequence[str] | None = None,
+    config: dict[str, dict[str, Any]] | None = None,
+    device: str = "auto",
+    tracking_uri: str | None = None,
+    experiment: str = "governance",
+    seed: int = 0,
+    max_samples: int = 512,
+    batch_size: int | None = None,
+    force: bool = False,
+    reuse: bool = True,
+    plugins: Sequence[str] | None = None,
+    workdir: str | Path | None = None,
+    progress: Callable[[str, float, str], None] | None = None,
+    invocation: str | None = None,
+) -> RunResult:
+    """Explain one model version with the selected methods (all installed ones by default) and log
+    everything to a new MLflow run. A finished run with the same model and configuration is reused unless
+    ``force`` (then the new run supersedes it)."""
+    from governance.pipeline import Pipeline, RunOptions
+    from governance.tracking import resolve_tracking_uri
+
+    opts = RunOptions(
+        methods=list(methods) if methods is not None else None, data=str(data) if data else None, target=target,
+        peers=list(peers) if peers is not None else None, method_config=dict(config or {}), device=device,
+        seed=seed, max_samples=max_samples, batch_size=batch_size, experiment=experiment, force=force, reuse=reuse,
+    )
+    pipe = Pipeline(model_uri, opts, tracking_uri=resolve_tracking_uri(tracking_uri), host=_host(plugins),
+                    workdir=Path(workdir) if workdir else None, progress=progress,
+                    invocation=invocation or f"governance.explain({model_uri!r})")
+    return pipe.run()
+
+
+def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: str | Path | None = None):
+    """Resolve a model URI to a ModelVersionInfo (downloads and hashes the files)."""
+    from governance.registry import resolve as _resolve
+    from governance.tracking import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if not model_uri.startswith(("/", ".")) and not model_uri.endswith(".onnx"):
+        check_reachable(uri)
+    dst = Path(download_dir) if download_dir else Path(tempfile.mkdtemp(prefix="governance-model-"))
+    return _resolve(model_uri, tracking_uri=uri, download_dir=dst)
+
+
+def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None):
+    """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view."""
+    from governance.pipeline import load_model
+
+    info = resolve(model_uri, tracking_uri=tracking_uri)
+    return load_model(info, device=device, batch_size=batch_size, host=_host())
+
+
+def report(model_uri: str, **kwargs: Any) -> Any:
+    """Explain (or reuse) and render the compliance report. See :func:`governance.report.report_for_model`."""
+    from governance.report import report_for_model
+
+    return report_for_model(model_uri, **kwargs)

@@ -1,0 +1,132 @@
+"""``governance plugins``, ``governance doctor`` and ``governance inspect``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from governance.cli.options import echo_json, json_option, tracking_option
+
+
+@click.command("plugins")
+@click.option("--all", "show_all", is_flag=True, help="Also list host plugins, blocked and not-allowed ones.")
+@click.option("--hook", metavar="NAME", help="Only plugins implementing this hook.")
+@click.option("--requirements", is_flag=True, help="Print pip requirement lines (name==version) only.")
+@json_option
+def plugins_cmd(show_all: bool, hook: str | None, requirements: bool, as_json: bool) -> None:
+    """List installed plugins: name, version, source package, methods, hooks, load errors."""
+    from governance.plugins import get_plugin_host
+
+    host = get_plugin_host()
+    records = [r for r in host.records if show_all or r.status in ("loaded", "failed")]
+    if hook:
+        records = [r for r in records if hook in r.hooks]
+    rows = []
+    for r in records:
+        row = r.to_dict()
+        row["methods"] = [
+            {"name": m, "version": host.methods[m].version, "requires": sorted(q.value for q in host.methods[m].requires),
+             "title": host.methods[m].title}
+            for m in r.methods if m in host.methods
+        ]
+        rows.append(row)
+    if requirements:
+        for dist in sorted({(r["distribution"], r["version"]) for r in rows if r["distribution"]}):
+            click.echo(f"{dist[0]}=={dist[1]}")
+        return
+    if as_json:
+        echo_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    for col in ("plugin", "status", "package", "methods (requires)", "hooks"):
+        table.add_column(col)
+    for row in rows:
+        methods = "\n".join(f"{m['name']} {m['version']} ({', '.join(m['requires'])})" for m in row["methods"])
+        status = row["status"] + (f"\n{row['error'].splitlines()[0]}" if row.get("error") else "")
+        table.add_row(row["name"], status, f"{row['distribution'] or '-'} {row['version'] or ''}", methods,
+                      ", ".join(row["hooks"]))
+    Console().print(table)
+    if any(r["status"] == "failed" for r in rows):
+        click.echo("Some plugins failed to load; they are skipped. Set GOVERNANCE_STRICT_PLUGINS=1 to make "
+                   "that an error, or block one with GOVERNANCE_BLOCK_PLUGINS=name.", err=True)
+
+
+@click.command("doctor")
+@tracking_option
+@json_option
+def doctor_cmd(tracking_uri: str | None, as_json: bool) -> None:
+    """Check versions, execution providers, devices, plugins and the tracking store."""
+    from governance.environment import describe_environment
+    from governance.errors import GovernanceError
+    from governance.plugins import get_plugin_host
+    from governance.tracking import check_reachable, resolve_tracking_uri
+
+    report = describe_environment()
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        check_reachable(uri)
+        store = {"uri": uri, "reachable": True}
+    except GovernanceError as exc:
+        store = {"uri": uri, "reachable": False, "error": str(exc)}
+    report["tracking_store"] = store
+    host = get_plugin_host()
+    report["plugins"] = {r.name: r.status for r in host.records}
+    report["methods"] = sorted(host.methods)
+    problems = [f"tracking store: {store['error']}"] if not store["reachable"] else []
+    problems += [f"plugin {r.name} failed: {(r.error or '').splitlines()[0]}" for r in host.records if r.status == "failed"]
+    pkgs = report["packages"]
+    if pkgs.get("onnxruntime") and pkgs.get("onnxruntime-gpu"):
+        problems.append("both onnxruntime and onnxruntime-gpu are installed: CUDA is silently unavailable; "
+                        "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`")
+    report["problems"] = problems
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(f"governance {pkgs.get('governance')}  python {report['python']}  {report['platform']}")
+        for name in ("mlflow", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "captum", "weasyprint"):
+            if pkgs.get(name):
+                click.echo(f"  {name:<16} {pkgs[name]}")
+        click.echo(f"  torch CUDA       {'yes: ' + ', '.join(report.get('cuda_devices', [])) if report.get('torch_cuda_available') else 'no'}")
+        click.echo(f"  ORT providers    {', '.join(report.get('onnxruntime_providers', []))}")
+        click.echo(f"  tracking store   {uri}  {'reachable' if store['reachable'] else 'NOT reachable'}")
+        click.echo(f"  methods          {', '.join(report['methods']) or 'none'}")
+        for p in problems:
+            click.secho(f"problem: {p}", fg="yellow")
+        if not problems:
+            click.secho("all checks passed", fg="green")
+    sys.exit(1 if problems else 0)
+
+
+@click.command("inspect")
+@click.argument("model_uri")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@tracking_option
+@json_option
+def inspect_cmd(model_uri: str, device: str, tracking_uri: str | None, as_json: bool) -> None:
+    """Resolve and load MODEL_URI and show identity, file hashes, signature and what methods can use."""
+    from governance.api import load
+
+    model = load(model_uri, device=device, tracking_uri=tracking_uri)
+    model.torch_module()  # builds the torch view (ONNX) so gradient availability is real
+    info = model.info.to_dict()
+    doc = {"model": info, "runtime": model.describe(), "layers": model.layer_names()[:200]}
+    if as_json:
+        echo_json(doc)
+        return
+    click.echo(f"{model.info.display_name}  ({model.info.uri})")
+    for key in ("kind", "run_id", "model_id", "source", "aliases", "created_at", "status"):
+        if info.get(key):
+            click.echo(f"  {key:<12} {info[key]}")
+    click.echo(f"  flavors      {', '.join(info['flavors'])}")
+    rt = doc["runtime"]
+    click.echo(f"  runtime      {rt['runtime']} on {rt['device']}; input {rt['input']['shape']} {rt['input']['dtype']}; "
+               f"output {rt['output']['shape']}")
+    click.echo(f"  gradients    {'yes' if rt['gradients'] else 'no: ' + str(rt['torch_unavailable_reason'])}"
+               + (f" (torch view vs ORT max |Δ| {rt['parity_max_abs_diff']:.2e})" if rt.get("parity_max_abs_diff") is not None else ""))
+    click.echo(f"  sha256       {info['content_sha256']}")
+    for rel, digest in info["files"].items():
+        click.echo(f"    {digest[:16]}…  {rel}")

@@ -1,0 +1,94 @@
+"""``governance run``: explain one model version and log everything to a new MLflow run."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+import click
+
+from governance.cli.options import echo_json, method_config, run_options, split_csv
+
+
+def progress_printer(enabled: bool) -> tuple[Any, Any]:
+    """A rich progress bar on a TTY, nothing otherwise (CI logs stay clean). Returns (callback, context)."""
+    if not enabled:
+        import contextlib
+
+        return (lambda method, fraction, message: None), contextlib.nullcontext()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), TextColumn("{task.fields[msg]}"),
+                   TimeElapsedColumn(), transient=False)
+    tasks: dict[str, Any] = {}
+
+    def update(method: str, fraction: float, message: str) -> None:
+        name = method or "setup"
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=1.0, msg="")
+        bar.update(tasks[name], completed=min(max(fraction, 0.0), 1.0), msg=message[:60])
+
+    return update, bar
+
+
+def execute_run(model_uri: str, *, methods: str | None, data: str | None, target: str | None, peers: str | None,
+                config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
+                experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, quiet: bool) -> Any:
+    from governance.api import explain
+
+    callback, bar = progress_printer(not quiet and sys.stderr.isatty())
+    with bar:
+        return explain(
+            model_uri, methods=split_csv(methods), data=data, target=target, peers=split_csv(peers),
+            config=method_config(config_file, overrides), device=device, seed=seed, max_samples=max_samples,
+            experiment=experiment, force=force, plugins=split_csv(plugins), tracking_uri=tracking_uri,
+            progress=callback, invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None,
+        )
+
+
+def print_run_summary(run: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    model = run.model
+    title = f"{model.get('name') or model.get('uri')} v{model.get('version') or '-'}"
+    console.print(f"[bold]{title}[/bold]  run [cyan]{run.mlflow_run_id}[/cyan]  status [bold]{run.status}[/bold]"
+                  + ("  (reused an identical earlier run)" if run.reused else ""))
+    table = Table(show_header=True, header_style="bold")
+    for col in ("method", "status", "seconds", "key metrics / reason"):
+        table.add_column(col)
+    for e in run.explanations:
+        if e.status == "ok":
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in list(e.metrics.items())[:4] if isinstance(v, (int, float)))
+        else:
+            shown = (e.reason or "").splitlines()[0][:100]
+        table.add_row(e.method, e.status, f"{e.seconds:.2f}" if e.seconds is not None else "-", shown)
+    console.print(table)
+    if run.workdir:
+        console.print(f"local copy: {run.workdir}")
+
+
+@click.command("run")
+@click.argument("model_uri")
+@run_options
+def run_cmd(model_uri: str, methods: str | None, data: str | None, target: str | None, peers: str | None,
+            config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
+            experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, as_json: bool) -> None:
+    """Explain MODEL_URI (models:/name/3, models:/name@alias, runs:/id/path or a .onnx file) and log the
+    explanations, metrics and figures to a new MLflow run linked to the model version.
+
+    Exit code 0 when every selected method ran (or was skipped with a reason), 10 when some failed.
+    """
+    from governance.cli import EXIT_METHODS_FAILED
+
+    run = execute_run(model_uri, methods=methods, data=data, target=target, peers=peers, config_file=config_file,
+                      overrides=overrides, device=device, seed=seed, max_samples=max_samples, experiment=experiment,
+                      force=force, plugins=plugins, tracking_uri=tracking_uri, quiet=as_json)
+    if as_json:
+        echo_json(run.to_dict())
+    else:
+        print_run_summary(run)
+    if run.status != "ok":
+        sys.exit(EXIT_METHODS_FAILED)

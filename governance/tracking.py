@@ -1,0 +1,66 @@
+"""Which MLflow store to talk to, and a fast check that it answers (MLflow's own client retries for minutes)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from governance.errors import TrackingError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > the embedded default ``sqlite:///mlflow.db``."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise TrackingError with a fix when ``uri`` cannot be used. Cheap: no MLflow import for http."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user-given tracking URI
+                if resp.status >= 500:
+                    raise TrackingError(f"the MLflow server at {uri} answered HTTP {resp.status}",
+                                        hint="check the server's logs")
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500:
+                raise TrackingError(f"the MLflow server at {uri} answered HTTP {exc.code}",
+                                    hint="check the server's logs") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason})",
+                hint="start it (`mlflow server ...`), fix --tracking-uri / MLFLOW_TRACKING_URI, or omit both "
+                "to use the local store sqlite:///mlflow.db",
+            ) from exc
+    elif uri.startswith("sqlite:"):
+        path = uri.split(":///", 1)[-1] if ":///" in uri else ""
+        if path and path != ":memory:":
+            parent = Path(path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise TrackingError(f"the folder of the SQLite tracking store {uri} does not exist ({parent})",
+                                    hint="create the folder, or point --tracking-uri at an existing location")
+            if not os.access(parent, os.W_OK):
+                raise TrackingError(f"the SQLite tracking store {uri} is in a read-only folder ({parent})",
+                                    hint="use a writable location, e.g. --tracking-uri sqlite:////tmp/mlflow.db")
+    elif uri.startswith("file:") or "://" not in uri:
+        raise TrackingError(
+            f"tracking URI {uri!r} is a file store, which MLflow 3.13+ refuses by default",
+            hint="use a SQLite store (sqlite:///mlflow.db) or an MLflow server (http://host:5000)",
+        )
+
+
+def client(uri: str):
+    """An MlflowClient for ``uri`` with bounded HTTP retries (fail in seconds, not minutes)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

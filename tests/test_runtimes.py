@@ -1,0 +1,106 @@
+"""Runtimes: batched predict, torch views of ONNX graphs (both exporters), activations, devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from governance.errors import DataError, MethodError, ModelLoadError
+from governance.runtimes.device import ort_providers, torch_device
+from governance.testing.models import as_loaded, as_onnx_loaded, digits_cnn, tabular_mlp
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    m = digits_cnn()
+    m.eval()
+    # non-trivial BatchNorm statistics so that folding is exercised
+    m[1].running_mean.uniform_(-0.5, 0.5)
+    m[1].running_var.uniform_(0.5, 2.0)
+    return m
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-opset17", "dynamo-opset20"])
+def test_onnx_torch_view_matches_ort_and_native_gradients(cnn, tmp_path, dynamo):
+    model = as_onnx_loaded(cnn, (1, 8, 8), tmp_path, dynamo=dynamo)
+    view = model.torch_module()
+    assert view is not None, model.torch_unavailable_reason
+    assert model.parity_max_abs_diff < 1e-4
+    x = torch.rand(5, 1, 8, 8, requires_grad=True)
+    view(x)[:, 3].sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    cnn(x2)[:, 3].sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_predict_batches_and_checks_shape(cnn):
+    model = as_loaded(cnn, (1, 8, 8))
+    x = np.random.default_rng(0).random((70, 1, 8, 8), dtype=np.float32)
+    full = model.predict(x)
+    np.testing.assert_allclose(model.predict(x, batch_size=16), full, atol=1e-6)
+    with pytest.raises(DataError, match=r"expects \(batch, 1, 8, 8\)"):
+        model.predict(np.zeros((3, 64), dtype=np.float32))
+
+
+def test_activations_torch_and_onnx(cnn, tmp_path):
+    tm = as_loaded(cnn, (1, 8, 8))
+    x = torch.rand(2, 1, 8, 8)
+    out, acts = tm.forward_with_activations(x, ["3"])
+    assert acts["3"].shape == (2, 8, 4, 4)
+    om = as_onnx_loaded(cnn, (1, 8, 8), tmp_path)
+    pool = next(n for n in om.layer_names() if "MaxPool" in n)
+    out2, acts2 = om.forward_with_activations(x, [pool])
+    torch.testing.assert_close(acts2[pool], acts["3"], atol=1e-5, rtol=1e-4)
+    with pytest.raises(MethodError) as err:
+        tm.forward_with_activations(x, ["nope"])
+    assert "available layers" in err.value.hint
+
+
+def test_unsupported_onnx_op_gives_forward_only_model_with_reason(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from governance.runtimes.onnx_model import OnnxModel
+
+    node = helper.make_node("Hardmax", ["x"], ["y"], axis=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
+    path = tmp_path / "hardmax.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = OnnxModel.from_path(path)
+    assert model.predict(np.eye(4, dtype=np.float32)).shape == (4, 4)
+    assert model.torch_module() is None
+    assert "Hardmax" in model.torch_unavailable_reason
+
+
+def test_corrupt_onnx_file_is_a_load_error(tmp_path):
+    from governance.runtimes.onnx_model import OnnxModel
+
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x08\x07garbage-not-a-model")
+    with pytest.raises(ModelLoadError) as err:
+        OnnxModel.from_path(path)
+    assert "not a valid ONNX model" in str(err.value) and err.value.hint
+
+
+def test_cuda_request_fails_loudly_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ModelLoadError, match="--device cuda"):
+        torch_device("cuda")
+    with pytest.raises(ModelLoadError, match="CUDA execution provider"):
+        ort_providers("cuda")
+    assert torch_device("auto") == "cpu"
+    assert ort_providers("auto") == ["CPUExecutionProvider"]
+
+
+def test_tabular_mlp_onnx_parameters_match_torch(tmp_path):
+    torch.manual_seed(0)
+    mlp = tabular_mlp(5, 3, (4,))
+    om = as_onnx_loaded(mlp, (5,), tmp_path)
+    params = om.parameters()
+    torch_params = {k: v.detach().numpy() for k, v in mlp.state_dict().items()}
+    assert any(np.allclose(v, torch_params["0.weight"]) or np.allclose(v.T, torch_params["0.weight"])
+               for v in params.values())
