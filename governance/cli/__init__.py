@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "plugins": "governance.cli.info:plugins_cmd",
     "doctor": "governance.cli.info:doctor_cmd",
     "inspect": "governance.cli.info:inspect_cmd",
+    "report": "governance.cli.report:report_cmd",
+    "verify": "governance.cli.report:verify_cmd",
+    "policy": "governance.cli.report:policy_group",
 }
 
 

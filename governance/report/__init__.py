@@ -13,11 +13,13 @@ the method-section template contract.
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from governance.report.build import ReportResult, build_report
-    from governance.report.publish import publish_report
+    from governance.report.publish import publish_report, report_for_model
     from governance.report.verify import VerifyResult, verify_report
 
 _LAZY = {
@@ -26,6 +28,7 @@ _LAZY = {
     "verify_report": "governance.report.verify",
     "VerifyResult": "governance.report.verify",
     "publish_report": "governance.report.publish",
+    "report_for_model": "governance.report.publish",
 }
 
 __all__ = list(_LAZY)
@@ -37,3 +40,16 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'governance.report' has no attribute {name!r}")
+
+
+class _CallablePackage(types.ModuleType):
+    """``governance.report(...)`` is the top-level API (see governance/__init__.py), but importing this
+    package rebinds ``governance.report`` to the package: calling it must still work."""
+
+    def __call__(self, model_uri: str, **kwargs: Any) -> Any:
+        from governance.report.publish import report_for_model
+
+        return report_for_model(model_uri, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -47,6 +47,15 @@ class ReportResult:
     notes: list[str] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
     run_status: str | None = None
+    #: the MLflow run holding the evidence (and the report once logged)
+    run_id: str | None = None
+    logged: bool = False
+    #: model-version tags set when the report was logged
+    version_tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pdf(self) -> Path | None:
+        return self.pdf_path
 
     @property
     def status(self) -> str:
@@ -69,7 +78,8 @@ class ReportResult:
             "sha256": {"json": self.json_sha256, "html": self.html_sha256, "manifest": self.manifest_sha256,
                        "pdf": self.pdf_sha256},
             "pages": self.pages, "pdf_variant": self.pdf_variant, "refused_urls": self.refused_urls,
-            "notes": self.notes, "model": self.model,
+            "notes": self.notes, "model": self.model, "run_id": self.run_id, "logged_to_mlflow": self.logged,
+            "version_tags": self.version_tags,
             "policy": {"name": self.policy.get("name"), "verdict": self.policy.get("verdict"),
                        "counts": self.policy.get("counts")} if self.policy else None,
         }
@@ -237,5 +247,5 @@ def build_report(
         pages=info["pages"], pdf_variant=info["variant"], refused_urls=info["refused_urls"],
         notes=list(doc["limitations"]["rendering"]) + pdf_notes,
         model={k: doc["model"].get(k) for k in ("name", "version", "uri", "run_id", "content_sha256")},
-        run_status=run_doc.get("status"),
+        run_status=run_doc.get("status"), run_id=(run_doc.get("mlflow") or {}).get("run_id"),
     )

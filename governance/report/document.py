@@ -73,8 +73,11 @@ def _identity(model: Mapping[str, Any], runtime: Mapping[str, Any]) -> dict[str,
         "flavors": flavors, "signature": model.get("signature"),
         "files": files, "content_sha256": model.get("content_sha256"),
         "git_commit": ttags.get("mlflow.source.git.commit") or (model.get("tags") or {}).get("mlflow.source.git.commit"),
-        "training_run": {"params": dict(sorted((training.get("params") or {}).items())),
-                         "metrics": dict(sorted((training.get("metrics") or {}).items()))} if training else None,
+        "description": model.get("description"),
+        "training_run": {"run_id": training.get("run_id"),
+                         "params": dict(sorted((training.get("params") or {}).items())),
+                         "metrics": dict(sorted((training.get("metrics") or {}).items())),
+                         "datasets": list(training.get("datasets") or [])} if training else None,
         "previous_version": model.get("previous_version"),
         "runtime": dict(runtime or {}),
     }
@@ -131,12 +134,21 @@ def _comparison(run: Mapping[str, Any], explanations: list[dict[str, Any]], iden
             "changed": sorted(p for p in set(now) & set(before) if now[p] != before[p]),
             "unchanged": len([p for p in set(now) & set(before) if now[p] == before[p]]),
         }
+    metrics_diff = []
+    prev_metrics = (prev or {}).get("governance_metrics") if isinstance(prev, Mapping) else None
+    if prev_metrics:
+        for e in explanations:
+            for name, value in sorted((e.get("metrics") or {}).items()):
+                key = f"{e['method']}.{name}"
+                if key in prev_metrics and isinstance(value, (int, float)) and isinstance(prev_metrics[key], (int, float)):
+                    metrics_diff.append({"metric": key, "current": value, "previous": prev_metrics[key],
+                                         "delta": value - prev_metrics[key]})
     comparative = [
         {"method": e["method"], "title": e["title"], "section": e["number"], "status": e.get("status")}
         for e in explanations if e["method_info"]["uses_peers"] or (e.get("details") or {}).get("peers")
     ]
-    return {"previous_version": prev, "file_diff": diff, "peers": list(run.get("peers") or []),
-            "comparative_methods": comparative}
+    return {"previous_version": prev, "file_diff": diff, "metrics": metrics_diff,
+            "peers": list(run.get("peers") or []), "comparative_methods": comparative}
 
 
 def _limitations(run: Mapping[str, Any], explanations: list[dict[str, Any]], human: Mapping[str, HumanField]

@@ -14,7 +14,7 @@ import logging
 import mimetypes
 import re
 import traceback
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -43,9 +43,16 @@ def _package_loader(name: str) -> tuple[str, None, Any] | None:
         return None
 
 
+_ACRONYMS = {"uri": "URI", "id": "ID", "auc": "AUC", "ig": "IG", "onnx": "ONNX", "mlflow": "MLflow", "sha256": "sha256",
+             "rmse": "RMSE", "r2": "R²", "cpu": "CPU", "gpu": "GPU", "cuda": "CUDA", "url": "URL"}
+
+
 def humanize(value: Any) -> str:
-    text = re.sub(r"[_\-]+", " ", str(value)).strip()
-    return text[:1].upper() + text[1:]
+    """``ig_deletion_auc`` -> ``IG deletion AUC``."""
+    words = [w for w in re.split(r"[_\-\s]+", str(value).strip()) if w]
+    words = [_ACRONYMS.get(w.lower(), w) for w in words]
+    text = " ".join(words)
+    return text[:1].upper() + text[1:] if words and words[0] == words[0].lower() else text
 
 
 def format_dt(value: Any) -> str:
@@ -57,8 +64,6 @@ def format_dt(value: Any) -> str:
     except ValueError:
         return str(value)
     if dt.tzinfo is not None:
-        from datetime import timezone
-
         dt = dt.astimezone(timezone.utc)
         return dt.strftime("%Y-%m-%d %H:%M UTC")
     return dt.strftime("%Y-%m-%d %H:%M")
@@ -153,8 +158,11 @@ def render_method_sections(doc: dict[str, Any], env: jinja2.Environment, methods
                     notes.append(f"{method}: its section template {cls.report_template} failed "
                                  f"({type(exc).__name__}: {exc}); the generic section is shown instead")
                     html = None
+        # figures the method's own template did not show are appended: every figure is evidence
+        extra = [name for name, src in figs.items() if html and src not in html]
         generic = env.get_template(GENERIC_METHOD_TEMPLATE).render(
-            explanation=exp, figure_src=figs, model=doc["model"], body=Markup(html) if html else None)
+            explanation=exp, figure_src=figs, model=doc["model"], body=Markup(html) if html else None,
+            extra_figures=extra)
         out[method] = Markup(generic)
     return out
 
@@ -183,8 +191,8 @@ def plugin_sections(doc: dict[str, Any], env: jinja2.Environment, host: Any) -> 
             title = str(sec.get("title") or f"Section from {plugin}")
             try:
                 if sec.get("template"):
-                    html = env.get_template(str(sec["template"])).render(
-                        report=doc, model=doc["model"], **dict(sec.get("context") or {}))
+                    ctx = {"report": doc, "model": doc["model"], **dict(sec.get("context") or {})}
+                    html = env.get_template(str(sec["template"])).render(**ctx)
                 elif sec.get("html") is not None:
                     html = str(sec["html"])  # trusted markup the plugin produced (hook contract)
                 else:

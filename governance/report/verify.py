@@ -137,12 +137,18 @@ def verify_report(path: Path | str, *, artifacts_dir: Path | str | None = None,
                f"{len(m_art)} artifacts" if m_art == r_art else
                f"differs for: {', '.join(sorted(set(m_art.items()) ^ set(r_art.items()), key=str)[:5])}")
 
+    # the integrity annex is near the end: read pages backwards and stop once both strings are seen
+    want_id, printed = str(report.get("report_id")), False
+    seen_id = seen_sha = False
     try:
-        text = re.sub(r"\s+", "", "".join(page.extract_text() or "" for page in reader.pages))
+        for page in reversed(reader.pages):
+            text = re.sub(r"\s+", "", page.extract_text() or "")
+            seen_id, seen_sha = seen_id or want_id in text, seen_sha or json_sha in text
+            if seen_id and seen_sha:
+                printed = True
+                break
     except Exception as exc:
-        text = ""
         result.add("PDF text readable", False, f"{type(exc).__name__}: {exc}")
-    printed = json_sha in text and str(report.get("report_id")) in text
     result.add("PDF pages print the embedded report.json hash and report id", printed,
                "found in the integrity annex" if printed else
                "the pages do not show this report.json's sha256: the attachments do not belong to these pages")

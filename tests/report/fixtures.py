@@ -13,7 +13,6 @@ import numpy as np
 from governance.model import ModelVersionInfo
 from governance.results import Explanation, RunResult
 
-HOSTILE_PORT_PLACEHOLDER = "PORT"
 
 
 def _sha(path: Path) -> str:
@@ -32,7 +31,7 @@ def _save(fig: Any, folder: Path, name: str) -> Path:
     return path
 
 
-def build_run(root: Path, *, hostile_port: int | None = None) -> RunResult:
+def build_run(root: Path) -> RunResult:
     """A finished RunResult with its workdir under ``root/work``."""
     import torch
 
@@ -41,7 +40,7 @@ def build_run(root: Path, *, hostile_port: int | None = None) -> RunResult:
 
     plt = pyplot()
     root.mkdir(parents=True, exist_ok=True)
-    module, ds = trained_breast_cancer_mlp(epochs=15)
+    module, ds = trained_breast_cancer_mlp(epochs=5)
     model_dir = root / "model"
     model_dir.mkdir(exist_ok=True)
     export_onnx(module, ds.sample_shape, model_dir / "model.onnx")
@@ -135,17 +134,6 @@ def build_run(root: Path, *, hostile_port: int | None = None) -> RunResult:
     tags = {"governance.users": "Pathology department; screening programme analysts",
             "mlflow.source.git.commit": "3f2c1d0e9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e"}
     name = "breast-cancer-mlp"
-    if hostile_port is not None:
-        url = f"http://127.0.0.1:{hostile_port}"
-        description = (f"<script>document.title='pwned'</script><img src=\"{url}/img\">"
-                       f"<link rel=\"attachment\" href=\"file:///etc/hostname\">\n## Limitations\n"
-                       f"<style>body {{ background: url({url}/style) }}</style>")
-        tags.update({
-            "governance.out_of_scope_use": f"background-image: url({url}/css); <iframe src=\"{url}/iframe\"></iframe>",
-            "governance.risks": f"</td></tr></table><object data=\"{url}/object\"></object>",
-            "evil": f"<svg onload=alert(1)><image href=\"{url}/svg\"/></svg>",
-        })
-        name = "mlp<b>bold</b>"
     info = ModelVersionInfo(
         uri=f"models:/{name}/3", kind="registry", name=name, version="3", run_id="a1b2c3d4e5f60718293a4b5c6d7e8f90",
         model_id="m-0123456789abcdef", source="models:/m-0123456789abcdef", aliases=["champion"], tags=tags,
@@ -153,7 +141,7 @@ def build_run(root: Path, *, hostile_port: int | None = None) -> RunResult:
         flavors={"onnx": {"onnx_version": "1.17.0", "code": None}}, files=files,
     )
     model = info.to_dict()
-    model["training_run"] = {"params": {"epochs": "15", "lr": "0.01", "hidden": "32,16"},
+    model["training_run"] = {"params": {"epochs": "5", "lr": "0.01", "hidden": "32,16"},
                              "metrics": {"train_accuracy": acc, "val_loss": 0.083}, "tags": {}}
     model["previous_version"] = {"version": "2", "run_id": "0f9e8d7c6b5a49382716", "content_sha256": "ab" * 32,
                                  "files": {**files, "model.onnx": "cd" * 32}, "status": "READY"}
@@ -179,3 +167,26 @@ def build_run(root: Path, *, hostile_port: int | None = None) -> RunResult:
     )
     (work / "run.json").write_text(json.dumps(run.to_dict(), indent=2), encoding="utf-8")
     return run
+
+
+def hostile(run: RunResult, port: int) -> RunResult:
+    """A copy of ``run`` whose registry text tries markup, script and network fetches against ``port``."""
+    import copy
+
+    url = f"http://127.0.0.1:{port}"
+    bad = copy.copy(run)
+    model = copy.deepcopy(run.model)
+    model["name"] = "mlp<b>bold</b><script>x()</script>"
+    model["description"] = (f"<script>document.title='pwned'</script><img src=\"{url}/img\">"
+                            f"<link rel=\"attachment\" href=\"file:///etc/hostname\">\n## Limitations\n"
+                            f"<style>body {{ background: url({url}/style) }}</style>")
+    model["tags"] = {
+        **model["tags"],
+        "governance.out_of_scope_use": f"background-image: url({url}/css); <iframe src=\"{url}/iframe\"></iframe>",
+        "governance.risks": f"</td></tr></table><object data=\"{url}/object\"></object>",
+        "evil": f"<svg onload=alert(1)><image href=\"{url}/svg\"/></svg>",
+    }
+    bad.model = model
+    bad.explanations = [copy.copy(e) for e in run.explanations]
+    bad.explanations[0].findings = [*bad.explanations[0].findings, f"<img src='{url}/finding'>"]
+    return bad
