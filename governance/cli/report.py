@@ -26,6 +26,20 @@ def _signer(text: str | None) -> dict[str, str] | None:
     return {k: v for k, v in zip(keys, parts) if v}
 
 
+def _with_settings(policy: str | None, template_dirs: tuple[str, ...], out_dir: str | None,
+                   signer: str | None) -> tuple[str | None, tuple[str, ...], str, str | None]:
+    """Fill what the command line left out from the settings file's ``[report]`` table (governance.config):
+    ``policy``, ``template_dirs``, ``out_dir``, ``signer``."""
+    from governance.config import setting
+
+    if policy is None:
+        policy = setting("report.policy")
+    if not template_dirs:
+        dirs = setting("report.template_dirs") or []
+        template_dirs = tuple([dirs] if isinstance(dirs, str) else dirs)
+    return policy, template_dirs, out_dir or setting("report.out_dir", "governance-reports"), signer or setting("report.signer")
+
+
 def _load_run_folder(folder: Path) -> Any:
     from governance.errors import ReportError
     from governance.results import run_from_dict
@@ -96,8 +110,8 @@ def _exit_code(result: Any) -> int:
               help="YAML/TOML thresholds per metric; gives the verdict, the exit code and governance.status.")
 @click.option("--model-card", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
               help="YAML with the human-only fields (intended use, limitations, approvers ...).")
-@click.option("--out", "-o", "out_dir", default="governance-reports", show_default=True, metavar="DIR",
-              help="The report goes to DIR/<name>-v<version>/.")
+@click.option("--out", "-o", "out_dir", default=None, metavar="DIR",
+              help="The report goes to DIR/<name>-v<version>/ [default: governance-reports].")
 @click.option("--template-dir", "template_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               metavar="DIR", help="Folder whose templates override the shipped ones (repeatable, first wins).")
 @click.option("--reuse/--no-reuse", default=True, show_default=True,
@@ -110,7 +124,7 @@ def _exit_code(result: Any) -> int:
 def report_cmd(model_uri: str | None, methods: str | None, data: str | None, target: str | None, peers: str | None,
                config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
                experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, as_json: bool,
-               policy: str | None, model_card: str | None, out_dir: str, template_dirs: tuple[str, ...],
+               policy: str | None, model_card: str | None, out_dir: str | None, template_dirs: tuple[str, ...],
                reuse: bool, signer: str | None, from_run: str | None, no_log: bool, no_pdf: bool) -> None:
     """Explain MODEL_URI (or reuse an identical earlier run) and write a dated, signable compliance report:
     report.json, report.html, a PDF/A-3b with report.json and manifest.json embedded, and the manifest.
@@ -118,12 +132,14 @@ def report_cmd(model_uri: str | None, methods: str | None, data: str | None, tar
     governance.report_run_id, governance.report_sha256 and governance.status.
 
     Exit code: with --policy, 11 when a required check fails, else 0; without a policy, 10 when some
-    method failed, else 0.
+    method failed, else 0. Defaults for --policy, --template-dir, --out and --signer can be set in the
+    settings file's [report] table (policy, template_dirs, out_dir, signer).
     """
     from governance.errors import ConfigError
     from governance.report.build import build_report
     from governance.report.publish import report_folder_name
 
+    policy, template_dirs, out_dir, signer = _with_settings(policy, template_dirs, out_dir, signer)
     if bool(model_uri) == bool(from_run):
         raise ConfigError("give a MODEL_URI or --from-run DIR (one of them)",
                           hint="e.g. governance report models:/my-model@champion --policy policy.yaml")

@@ -69,13 +69,6 @@ def format_dt(value: Any) -> str:
     return dt.strftime("%Y-%m-%d %H:%M")
 
 
-def hexwrap(value: Any, every: int = 16) -> Markup:
-    """A long hash with zero-width break opportunities (it stays one word for copy/paste and search)."""
-    s = str(value or "")
-    escaped = [str(Markup.escape(s[i:i + every])) for i in range(0, len(s), every)]
-    return Markup("&#8203;".join(escaped))
-
-
 def data_uri(path: Path) -> str:
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
@@ -92,7 +85,6 @@ def make_env(template_dirs: Iterable[Path] = ()) -> jinja2.Environment:
     add_filters(env)
     env.filters["humanize"] = humanize
     env.filters["dt"] = format_dt
-    env.filters["hexwrap"] = hexwrap
     env.tests["markup"] = lambda v: isinstance(v, Markup)
     search = [Path(d) for d in user] + [package_template_dir()]
 

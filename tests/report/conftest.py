@@ -128,7 +128,8 @@ POLICY = {
     "name": "Champion gate", "version": "3",
     "checks": [
         {"metric": "interpreter.fidelity", "op": ">=", "value": 0.9, "description": "interpreter agrees with the model"},
-        {"metric": "neflag.deletion_auc", "op": "<=", "ref": "neflag.ig_deletion_auc"},
+        {"metric": "neflag.deletion_auc", "op": "<=", "ref": "neflag.random_deletion_auc",
+         "description": "attribution order removes evidence faster than a random order"},
         {"metric": "bort.audit_deviation", "op": "<=", "value": 0.05},
         {"metric": "performance.accuracy", "op": ">=", "value": 0.8},
     ],

@@ -103,7 +103,7 @@ def build_run(root: Path) -> RunResult:
 
     neflag = Explanation(
         method="neflag", summary="Gradient-flux attributions concentrate on a handful of size and texture features.",
-        metrics={"deletion_auc": auc, "ig_deletion_auc": auc_random, "insertion_auc": 1 - auc, "seed_stability": 0.93},
+        metrics={"deletion_auc": auc, "random_deletion_auc": auc_random, "insertion_auc": 1 - auc, "seed_stability": 0.93},
         figures={"attribution_bars": f_bars, "deletion_curve": f_curve},
         tables={"top_features": [{"feature": ds.feature_names[i], "mean_abs_attribution": float(mean_abs[i]),
                                   "rank": r + 1} for r, i in enumerate(top)]},

@@ -116,3 +116,16 @@ def test_report_on_a_registered_model_logs_to_mlflow_and_tags_the_version(regist
     assert again["run_id"] == run_id and again["report_id"] != doc["report_id"]
     second = json.loads(Path(again["files"]["json"]).read_text())
     assert second["reproducibility"]["reused"] is True
+
+
+def test_report_defaults_from_the_settings_file(run_folder, tmp_path, cli_invoke, monkeypatch):
+    (tmp_path / "strict.yaml").write_text(FAILING_POLICY)
+    (tmp_path / "governance.toml").write_text(
+        f'[report]\npolicy = "{tmp_path / "strict.yaml"}"\nout_dir = "{tmp_path / "reports"}"\nsigner = "S. Igner, CRO"\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli_invoke("report", "--from-run", str(run_folder), "--no-pdf", "--json")
+    assert code == 11
+    doc = json.loads(out)
+    assert doc["out_dir"].startswith(str(tmp_path / "reports"))
+    report = json.loads(Path(doc["files"]["json"]).read_text())
+    assert report["document"]["signer"] == {"name": "S. Igner", "role": "CRO"}
