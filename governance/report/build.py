@@ -24,6 +24,9 @@ from governance.report import manifest as mf
 
 log = logging.getLogger("governance.report")
 
+#: files build_report owns in its output folder (replaced on every build)
+REPORT_FILES = ("report.json", "report.html", "report.pdf", "report.pdf.sha256", "manifest.json")
+
 
 @dataclass
 class ReportResult:
@@ -169,6 +172,13 @@ def build_report(
         from governance.plugins import get_plugin_host
 
         plugin_host = get_plugin_host()
+
+    # a previous report in the same folder must not leave stale files next to this one
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    if copy_evidence and (out / mf.EVIDENCE_DIR).is_dir() and workdir is not None \
+            and (out / mf.EVIDENCE_DIR).resolve() != workdir.resolve():
+        shutil.rmtree(out / mf.EVIDENCE_DIR)
 
     # evidence
     rels = mf.collect_evidence(workdir)

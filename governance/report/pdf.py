@@ -67,7 +67,7 @@ def render_pdf(html: str, target: Path, *, base_dir: Path, asset_roots: Iterable
                               created=created, modified=created)
         for name, data, desc, rel in attachments
     ]
-    options: dict[str, Any] = {"attachments": atts, "custom_metadata": True}
+    options: dict[str, Any] = {"attachments": atts}
     if variant:
         options["pdf_variant"] = variant
     rendered.write_pdf(target, **options)

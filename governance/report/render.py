@@ -2,8 +2,8 @@
 
 Template lookup, first match wins: the user's folders (``--template-dir``, in order), then the shipped
 ``governance.templates`` package, then ``"package:relative/path"`` names resolved inside installed packages
-(how plugin templates are named). So copying ``report.css`` or ``sections/signoff.html.j2`` into your own
-folder and editing it overrides just that part; ``sections/methods/<method>.html.j2`` overrides one method's
+(how plugin templates are named). So copying ``report.css`` or ``section_signoff.html.j2`` into your own
+folder and editing it overrides just that part; ``method_<method>.html.j2`` overrides one method's
 section. Autoescaping is always on: registry text and plugin output are untrusted.
 """
 
@@ -27,7 +27,7 @@ from governance.report.sections import add_filters, load_template_source, render
 log = logging.getLogger("governance.report")
 
 MAIN_TEMPLATE = "report.html.j2"
-GENERIC_METHOD_TEMPLATE = "sections/method_generic.html.j2"
+GENERIC_METHOD_TEMPLATE = "method_generic.html.j2"
 
 
 def package_template_dir() -> Path:
@@ -132,7 +132,7 @@ def render_method_sections(doc: dict[str, Any], env: jinja2.Environment, methods
         if missing:
             notes.append(f"{method}: figure file(s) not found, not shown: {', '.join(missing)}")
         html = None
-        override = f"sections/methods/{method}.html.j2"
+        override = f"method_{method}.html.j2"
         cls = methods.get(method)
         if exp.get("status") == "ok":
             try:

@@ -173,9 +173,9 @@ def test_url_fetcher_only_reads_report_assets(tmp_path, http_recorder):
 def test_template_override_is_used_and_still_cannot_fetch(finished_run, http_recorder, tmp_path):
     """A user's template folder overrides single files; even trusted template markup cannot reach the network."""
     override = tmp_path / "tpl"
-    (override / "sections").mkdir(parents=True)
+    override.mkdir()
     (override / "logo.png").write_bytes((finished_run.workdir / "explanations/neflag/attribution_bars.png").read_bytes())
-    (override / "sections" / "signoff.html.j2").write_text(
+    (override / "section_signoff.html.j2").write_text(
         '{% import "macros.html.j2" as m %}{{ m.heading(sec) }}<p>ACME sign-off form 7</p>'
         '<img src="{{ asset("logo.png") }}"><img src="http://127.0.0.1:' + str(http_recorder.port) + '/tpl.png">')
     css = (Path(__import__("governance.templates", fromlist=["x"]).__file__).parent / "report.css").read_text()

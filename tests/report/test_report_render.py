@@ -66,9 +66,9 @@ def test_missing_figure_is_reported_not_fatal(finished_run, tmp_path):
 
 
 def test_user_override_of_one_method_section(finished_run, tmp_path):
-    tpl = tmp_path / "tpl" / "sections" / "methods"
-    tpl.mkdir(parents=True)
-    (tpl / "interpreter.html.j2").write_text("<p>House style for {{ explanation.title }}: "
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "method_interpreter.html.j2").write_text("<p>House style for {{ explanation.title }}: "
                                              "{{ explanation.metrics.fidelity | pct }}</p>")
     res = build_report(finished_run, out_dir=tmp_path / "r", pdf=False, template_dirs=[tmp_path / "tpl"],
                        plugin_host=make_host(None, sections_hook=False))
@@ -95,3 +95,24 @@ def test_report_json_holds_derived_blocks_and_the_raw_run(finished_run, tmp_path
     assert doc["comparison"]["file_diff"]["changed"] == ["model.onnx"]
     assert [m["method"] for m in doc["limitations"]["methods_not_run"]] == ["bort", "spectral"]
     assert doc["report_id"].startswith("GR-") and len(doc["report_id"]) == 20
+
+
+def test_rebuild_in_place_from_the_bundled_evidence(finished_run, tmp_path):
+    """A report folder is self-contained: its evidence/ rebuilds the report (e.g. with a new policy) in place,
+    and stale files of the previous build do not survive."""
+    from governance.results import run_from_dict
+
+    out = tmp_path / "bundle"
+    build_report(finished_run, out_dir=out, pdf=False, plugin_host=make_host(None, sections_hook=False))
+    (out / "report.pdf").write_bytes(b"stale")
+    evidence = out / "evidence"
+    run = run_from_dict(json.loads((evidence / "run.json").read_text()), evidence)
+    second = build_report(run, out_dir=out, pdf=False, plugin_host=make_host(None, sections_hook=False),
+                          policy={"checks": [{"metric": "interpreter.fidelity", "op": ">=", "value": 0.99}]})
+    assert not (out / "report.pdf").exists()
+    assert second.verdict == "fail"
+    m = json.loads(second.manifest_path.read_text())
+    assert {x["path"] for x in m["artifacts"]} >= {"run.json", "explanations/neflag/arrays.npz"}
+    from governance.report.manifest import sha256_file
+
+    assert all(sha256_file(evidence / x["path"]) == x["sha256"] for x in m["artifacts"])
