@@ -55,19 +55,21 @@ def _load_run_folder(folder: Path) -> Any:
 
 
 def _print_policy(policy: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_header=True, header_style="bold", title=f"policy {policy.get('name')}", title_justify="left")
-    for col in ("check", "actual", "threshold", "result", "note"):
-        table.add_column(col)
+    """One line per check (plain text: readable in CI logs as well as on a terminal)."""
+    counts = policy.get("counts") or {}
+    version = f" v{policy['version']}" if policy.get("version") else ""
+    click.echo(f"policy {policy.get('name')}{version}: {policy.get('verdict')} ({counts.get('pass', 0)} pass, "
+               f"{counts.get('fail', 0)} fail, {counts.get('warn', 0)} warn, "
+               f"{counts.get('not_evaluated', 0)} not evaluated)")
+    width = max((len(c["id"]) for c in policy.get("checks") or []), default=10)
     for c in policy.get("checks") or []:
         mark, colour = _MARK.get(c["status"], ("?", "white"))
-        actual = f"{c['actual']:.4g}" if isinstance(c.get("actual"), (int, float)) else str(c.get("actual") or "—")
-        expected = f"{c['expected']:.4g}" if isinstance(c.get("expected"), (int, float)) else str(c.get("expected") or "—")
-        table.add_row(c["id"], actual, f"{c['op']} {expected}", f"[{colour}]{mark} {c['status']}[/{colour}]",
-                      (c.get("reason") or "")[:70])
-    Console().print(table)
+        label = click.style(f"{mark} {c['status'].replace('_', ' '):<13}", fg=colour)
+        if isinstance(c.get("actual"), (int, float)) and isinstance(c.get("expected"), (int, float)):
+            detail = f"{c['actual']:.4g} {c['op']} {c['expected']:.4g}"
+        else:
+            detail = c.get("reason") or ""
+        click.echo(f"  {label} {c['id']:<{width}}  {detail}")
 
 
 def _print_report(result: Any) -> None:
@@ -237,8 +239,6 @@ def policy_check_cmd(policy: str, run: str, as_json: bool) -> None:
         echo_json(result)
     else:
         _print_policy(result)
-        click.echo(f"verdict: {result['verdict']} ({result['counts']['pass']} pass, {result['counts']['fail']} fail, "
-                   f"{result['counts']['warn']} warn, {result['counts']['not_evaluated']} not evaluated)")
     code = exit_code(result["verdict"])
     if code:
         sys.exit(code)

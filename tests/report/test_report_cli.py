@@ -55,7 +55,7 @@ def test_policy_check_command(run_folder, tmp_path, cli_invoke):
     strict.write_text(FAILING_POLICY)
     lenient.write_text('name = "lenient"\n[[checks]]\nmetric = "interpreter.fidelity"\nop = ">="\nvalue = 0.5\n')
     code, out, _ = cli_invoke("policy", "check", str(strict), str(run_folder / "run.json"))
-    assert code == 11 and "verdict: fail" in out
+    assert code == 11 and "policy strict: fail (0 pass, 1 fail" in out and "0.97 >= 0.99" in out
     code, out, _ = cli_invoke("policy", "check", str(lenient), str(run_folder), "--json")
     assert code == 0 and json.loads(out)["verdict"] == "pass"
 
