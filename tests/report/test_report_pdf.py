@@ -285,3 +285,14 @@ def test_verify_cli_exit_codes(built, copy_of, cli_invoke):
     assert "NOT VERIFIED" in err and "modified: run.json" in out
     code, out, _ = cli_invoke("verify", str(copy_of), "--json")
     assert code == 8 and json.loads(out)["ok"] is False
+
+
+def test_verify_checks_model_files_against_the_registry_hashes(built, finished_run, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(finished_run.workdir.parent / "model", model_dir)
+    pdf = built["result"].pdf_path
+    assert verify_report(pdf, model_dir=model_dir).ok
+    (model_dir / "model.onnx").write_bytes(b"not the model")
+    (model_dir / "extra.bin").write_bytes(b"x")
+    detail = _failed(verify_report(pdf, model_dir=model_dir))["model files match the registry hashes"]
+    assert "differ or missing: model.onnx" in detail and "not in the registered model: extra.bin" in detail
