@@ -7,11 +7,8 @@ from __future__ import annotations
 import http.server
 import sys
 import threading
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 SECTION_TEMPLATE = """{% import "macros.html.j2" as m %}
 <p class="marker">Plugin section for {{ explanation.method }} on {{ model.display_name }}:
@@ -56,7 +53,7 @@ def http_recorder():
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
-    from fixtures import build_run
+    from tests.report.fixtures import build_run
 
     return build_run(tmp_path_factory.mktemp("run"))
 

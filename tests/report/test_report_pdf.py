@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader, PdfWriter
 
-from conftest import CARD, POLICY, make_host
+from tests.report.conftest import CARD, POLICY, make_host
 from governance.report import build_report, verify_report
 from governance.report.crosswalk import SECTIONS
 
@@ -24,7 +24,7 @@ SIGNER = {"name": "A. Validator", "role": "Model validator", "organisation": "Ac
 
 @pytest.fixture(scope="module")
 def built(finished_run, http_recorder, section_package, tmp_path_factory):
-    from fixtures import hostile
+    from tests.report.fixtures import hostile
 
     run = hostile(finished_run, http_recorder.port)
     out = tmp_path_factory.mktemp("report") / "out"

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import make_host
+from tests.report.conftest import make_host
 from governance.errors import ReportError
 from governance.report import build_report
 from governance.report.crosswalk import SECTIONS
