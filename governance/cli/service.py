@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import click
 
-from governance.cli.options import echo_json, split_csv
+from governance.cli.options import _from_settings, echo_json, split_csv
 
 # ------------------------------------------------------------------------------------------ shared options
 
@@ -87,12 +87,23 @@ def report_options(fn: Callable) -> Callable:
                      help="YAML/TOML file with per-method settings."),
         click.option("--set", "overrides", multiple=True, metavar="METHOD.KEY=VALUE", help="Override one method setting."),
         click.option("--policy", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
-                     help="Policy file the report is checked against."),
-        click.option("--output-dir", type=click.Path(file_okay=False), metavar="DIR", help="Where report files go."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+                     help="Thresholds the report is checked against (verdict -> governance.status) "
+                          "[settings file: report.policy]."),
+        click.option("--model-card", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+                     help="YAML with the human-only fields of the report."),
+        click.option("--template-dir", "template_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+                     metavar="DIR", help="Folder of overriding report templates (repeatable) [settings: report.template_dirs]."),
+        click.option("--signer", metavar="'NAME, ROLE, ORG'", help="Who will sign the reports [settings: report.signer]."),
+        click.option("--no-pdf", is_flag=True, help="Write report.json, report.html and manifest.json only."),
+        click.option("--output-dir", type=click.Path(file_okay=False), metavar="DIR",
+                     help="Reports go to DIR/<name>-v<version>/ [settings: report.out_dir; default "
+                          "$GOVERNANCE_HOME/reports]."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_from_settings("device", "auto"),
+                     show_default="auto"),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--max-samples", type=click.IntRange(1), default=512, show_default=True),
-        click.option("--experiment", default="governance", show_default=True, help="MLflow experiment for the runs."),
+        click.option("--experiment", default=_from_settings("experiment", "governance"), show_default="governance",
+                     help="MLflow experiment for the runs."),
         click.option("--plugins", metavar="A,B", envvar="GOVERNANCE_PLUGINS", help="Load only these plugins."),
         click.option("--explain-only", is_flag=True, help="Log explanations to MLflow but render no report."),
         click.option("--max-attempts", type=click.IntRange(1, 50), default=5, show_default=True,
@@ -119,22 +130,23 @@ def worker_options(fn: Callable) -> Callable:
     ])
 
 
-def _settings(tracking_uri, methods, data, target, config_file, overrides, policy, output_dir, device, seed,
-              max_samples, experiment, plugins, explain_only) -> Any:
+def _settings_from(kw: dict[str, Any]) -> Any:
+    """The report settings from the command's options; report.* defaults from the settings file, as
+    `governance report` reads them (governance.config)."""
+    from governance.config import setting
     from governance.service.jobs import ReportSettings
 
-    return ReportSettings(
-        tracking_uri=tracking_uri, methods=tuple(split_csv(methods) or ()), data=data, target=target,
-        config=config_file, overrides=tuple(overrides), policy=policy, output_dir=output_dir, device=device,
-        seed=seed, max_samples=max_samples, experiment=experiment, plugins=tuple(split_csv(plugins) or ()),
-        report=not explain_only,
+    template_dirs = kw.pop("template_dirs") or setting("report.template_dirs") or ()
+    settings = ReportSettings(
+        tracking_uri=kw.pop("tracking_uri"), methods=tuple(split_csv(kw.pop("methods")) or ()), data=kw.pop("data"),
+        target=kw.pop("target"), config=kw.pop("config_file"), overrides=tuple(kw.pop("overrides")),
+        policy=kw.pop("policy") or setting("report.policy"), model_card=kw.pop("model_card"),
+        template_dirs=tuple([template_dirs] if isinstance(template_dirs, str) else template_dirs),
+        signer=kw.pop("signer") or setting("report.signer"), pdf=not kw.pop("no_pdf"),
+        output_dir=kw.pop("output_dir") or setting("report.out_dir"), device=kw.pop("device"), seed=kw.pop("seed"),
+        max_samples=kw.pop("max_samples"), experiment=kw.pop("experiment"),
+        plugins=tuple(split_csv(kw.pop("plugins")) or ()), report=not kw.pop("explain_only"),
     )
-
-
-def _settings_from(kw: dict[str, Any]) -> Any:
-    names = ("tracking_uri", "methods", "data", "target", "config_file", "overrides", "policy", "output_dir",
-             "device", "seed", "max_samples", "experiment", "plugins", "explain_only")
-    settings = _settings(*(kw.pop(n) for n in names))
     settings.fingerprint()  # unreadable files fail now, not in every job
     return settings
 

@@ -53,6 +53,14 @@ def _method_config(settings: ReportSettings) -> dict[str, dict[str, Any]]:
     return method_config(settings.config, tuple(settings.overrides))
 
 
+def _signer(text: str | None) -> dict[str, str] | None:
+    """``"NAME, ROLE, ORG"`` as the report builder takes it (same reading as ``governance report --signer``)."""
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    return {k: v for k, v in zip(("name", "role", "organisation"), parts) if v}
+
+
 def _report_function() -> Any:
     """``governance.api.report`` once the report builder is installed, else None."""
     try:
@@ -98,7 +106,10 @@ def report_job(job: Job) -> dict[str, Any]:
         from governance.service.config import state_dir
 
         out_dir = settings.output_dir or str(state_dir() / "reports")
-        return summarise_report(report(model_uri, out_dir=out_dir, policy=settings.policy, **kwargs))
+        result = report(model_uri, out_dir=out_dir, policy=settings.policy, model_card=settings.model_card,
+                        template_dirs=list(settings.template_dirs), signer=_signer(settings.signer),
+                        pdf=settings.pdf, **kwargs)
+        return summarise_report(result)
     from governance.api import explain
 
     return summarise_run(explain(model_uri, **kwargs))

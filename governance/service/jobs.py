@@ -45,6 +45,21 @@ def _file_digest(path: str | None, what: str) -> str | None:
         raise ConfigError(f"cannot read the {what} file {p}: {exc.strerror}", hint=f"check the --{what} path") from None
 
 
+def _dirs_digest(dirs: tuple[str, ...]) -> str | None:
+    """One hash over every file in the template folders (relative path + content)."""
+    if not dirs:
+        return None
+    h = hashlib.sha256()
+    for d in dirs:
+        root = Path(d).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"template folder {root} does not exist", hint="check --template-dir")
+        h.update(f"dir:{root}\n".encode())
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(root).as_posix()}:{_file_digest(str(f), 'template')}\n".encode())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class ReportSettings:
     """The options every report job of one service runs with: those of ``governance run``/``report``."""
@@ -61,21 +76,27 @@ class ReportSettings:
     experiment: str = "governance"
     plugins: tuple[str, ...] = ()
     policy: str | None = None
+    model_card: str | None = None
+    template_dirs: tuple[str, ...] = ()
+    signer: str | None = None  # "NAME, ROLE, ORG"
+    pdf: bool = True
     output_dir: str | None = None
     report: bool = True  # False: explain and log only, no report files
 
     def __post_init__(self) -> None:
         # absolute paths: the worker may run in another directory than the receiver
-        for name in ("data", "config", "policy", "output_dir"):
+        for name in ("data", "config", "policy", "model_card", "output_dir"):
             value = getattr(self, name)
             if value:
                 object.__setattr__(self, name, str(Path(value).expanduser().resolve()))
+        object.__setattr__(self, "template_dirs",
+                           tuple(str(Path(d).expanduser().resolve()) for d in self.template_dirs or ()))
         for name in ("methods", "overrides", "plugins"):
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for name in ("methods", "overrides", "plugins"):
+        for name in ("methods", "overrides", "plugins", "template_dirs"):
             d[name] = list(d[name])
         return d
 
@@ -100,6 +121,10 @@ class ReportSettings:
             "experiment": self.experiment,
             "plugins": sorted(self.plugins),
             "policy": _file_digest(self.policy, "policy"),
+            "model_card": _file_digest(self.model_card, "model-card"),
+            "template_dirs": _dirs_digest(self.template_dirs),
+            "signer": self.signer,
+            "pdf": self.pdf,
             "report": self.report,
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

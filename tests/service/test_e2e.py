@@ -28,6 +28,9 @@ def stack(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("e2e")
     mport, rport = free_port(), free_port()
+    policy = tmp / "policy.yaml"
+    policy.write_text("name: e2e gate\nrequired_methods: [occlusion]\nchecks:\n"
+                      "  - metric: performance.accuracy\n    op: \">=\"\n    value: 0.5\n")
     mlflow_env = child_env(
         tmp, MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https", MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
         MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=Fernet.generate_key().decode(), MLFLOW_WEBHOOK_CACHE_TTL="1",
@@ -42,7 +45,7 @@ def stack(tmp_path_factory):
                         GOVERNANCE_ORT_THREADS="2", MLFLOW_HTTP_REQUEST_MAX_RETRIES="2",
                         # report settings shared by serve, watch and schedule (one settings fingerprint)
                         GOVERNANCE_PLUGINS="testplugin", GOVERNANCE_METHODS="occlusion", GOVERNANCE_MAX_SAMPLES="16",
-                        GOVERNANCE_EXPLAIN_ONLY="true")
+                        GOVERNANCE_POLICY=str(policy), GOVERNANCE_OUTPUT_DIR=str(tmp / "reports"))
     receiver = None
     try:
         wait_http(f"{tracking}/health", 90, server)
@@ -116,9 +119,14 @@ def test_registering_a_version_produces_a_run(stack, gov, monkeypatch):
     queue = JobQueue(stack["queue"])
     log = stack["tmp"] / "serve.log"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack["tracking"])
+    import numpy as np
+
     mlp, bc = trained_breast_cancer_mlp(epochs=5)
+    eval_file = stack["tmp"] / "eval.npz"
+    np.savez(eval_file, X=bc.X[:32], y=bc.y[:32])
     mlflow.set_experiment("training")
     with mlflow.start_run():
+        mlflow.log_artifact(str(eval_file), "governance")  # labelled data: the policy checks accuracy
         mlflow.pytorch.log_model(mlp, name="model", input_example=bc.X[:4], pip_requirements=["torch"],
                                  serialization_format="pickle", registered_model_name="e2e-mlp")
 
@@ -126,12 +134,21 @@ def test_registering_a_version_produces_a_run(stack, gov, monkeypatch):
                      240, log)
     (job,) = [j for j in jobs if j.payload["model_uri"] == "models:/e2e-mlp/1"]
     assert job.state == "succeeded", job.error
-    assert job.source == "webhook" and job.trigger == "created" and job.result["status"] == "ok"
-    assert job.result["methods"] == {"occlusion": "ok"}
+    assert job.source == "webhook" and job.trigger == "created"
+    res = job.result
+    assert res["reported"] and res["verdict"] == "pass" and res["status"] == "pass" and res["run_status"] == "ok"
+    pdf = Path(res["pdf"])
+    assert pdf.is_file() and pdf.parent == stack["tmp"] / "reports" / "e2e-mlp-v1"
     client = MlflowClient(tracking_uri=stack["tracking"])
-    run = client.get_run(job.result["mlflow_run_id"])
+    run = client.get_run(res["mlflow_run_id"])
     assert run.info.status == "FINISHED" and any(k.startswith("occlusion.") for k in run.data.metrics)
-    assert client.get_model_version("e2e-mlp", "1").tags.get("governance.run_id") == run.info.run_id
+    tags = client.get_model_version("e2e-mlp", "1").tags
+    assert tags["governance.report_run_id"] == run.info.run_id and tags["governance.status"] == "pass"
+    import hashlib
+
+    assert tags["governance.report_sha256"] == hashlib.sha256(pdf.read_bytes()).hexdigest()
+    code, out, err = gov("verify", str(pdf))
+    assert code == 0, out + err
 
     # the alias event names the same version under the same settings: no second job
     client.set_registered_model_alias("e2e-mlp", "champion", "1")
@@ -140,8 +157,8 @@ def test_registering_a_version_produces_a_run(stack, gov, monkeypatch):
     client.set_model_version_tag("e2e-mlp", "1", "governance.request", "2026-11-24")
     jobs = wait_jobs(queue, lambda js: any(j.trigger.startswith("tag:") and j.final for j in js), 120, log)
     (tag_job,) = [j for j in jobs if j.trigger.startswith("tag:")]
-    assert tag_job.state == "succeeded" and tag_job.result["reused"] is True
-    assert tag_job.result["mlflow_run_id"] == run.info.run_id
+    # the explicit request reports again, reusing the identical finished run's explanations
+    assert tag_job.state == "succeeded" and tag_job.result["mlflow_run_id"] == run.info.run_id
 
     # polling and the schedule find the version already handled: nothing new is queued
     code, _, err = gov("watch", "--once", "--backfill", "--no-worker", "--alias", "champion")
