@@ -5,7 +5,6 @@ triggers for the same version collapse into one job."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
