@@ -51,19 +51,33 @@ def post(port: int, body: bytes, headers: dict[str, str], conn: http.client.HTTP
 
 
 def test_http_answers(receiver):
-    port = receiver["port"]
+    """Over real HTTP: one good delivery queues one job; forged, replayed, stale, malformed and oversized
+    ones are refused and create nothing."""
+    port, queue = receiver["port"], JobQueue(receiver["queue"])
     body = created("http-model", 1)
-    status, doc = post(port, body, signed_headers(body))
+    good = signed_headers(body)
+    status, doc = post(port, body, good)
     assert status == 202 and doc["status"] == "queued"
-    h = signed_headers(body)
-    h["X-MLflow-Signature"] = "v1,Zm9yZ2Vk"
-    assert post(port, body, h)[0] == 401
+    forged = dict(good, **{"X-MLflow-Signature": "v1,Zm9yZ2Vk"})
+    other = created("http-model", 2)
+    cases = {
+        "forged": (401, post(port, body, dict(forged, **{"X-MLflow-Delivery-Id": str(uuid.uuid4())}))),
+        "replayed": (200, post(port, body, good)),
+        "stale": (401, post(port, other, signed_headers(other, timestamp=int(time.time()) - 3600))),
+        "malformed": (400, post(port, b"{not json", signed_headers(b"{not json"))),
+        "unsigned": (401, post(port, other, {k: v for k, v in signed_headers(other).items()
+                                              if k != "X-MLflow-Signature"})),
+    }
+    for name, (expected, (status, doc)) in cases.items():
+        assert status == expected, (name, doc)
     big = b"{" + b" " * (1 << 20) + b"}"
     assert post(port, big, signed_headers(big))[0] == 413
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/webhook")
     assert conn.getresponse().status == 405
     conn.close()
+    jobs = [j for j in queue.jobs(limit=10_000) if j.payload["name"] == "http-model"]
+    assert [j.payload["version"] for j in jobs] == ["1"]
 
 
 def test_burst_loses_nothing_and_duplicates_nothing(receiver):
