@@ -65,7 +65,7 @@ def run_posthoc(method: Any, ctx: MethodContext) -> Explanation:
     # ------------------------------------------------------------------ taps
     ctx.progress(0.02, "choosing hidden layers")
     if cfg.layers:
-        layers, why_layers = list(cfg.layers), "layers given in the configuration"
+        layers, why_layers = list(dict.fromkeys(cfg.layers)), "layers given in the configuration"
     else:
         layers, why_layers = choose_default_layers(model, X[train_idx[:4]], image)
     _, probe = probe_activations(model, X[train_idx[:2]], layers)  # raises MethodError listing layers if unknown

@@ -330,8 +330,9 @@ def test_saved_interpreter_reloads(digits_run):
 def test_cached_epochs_never_call_the_predictor(digits, tmp_path):
     """Predictor forward passes happen once (the cache); more epochs add none."""
     net, ds = digits
+    ds = ds.subset(300)
     calls = []
-    for epochs in (1, 4):
+    for epochs in (1, 3):
         model = as_loaded(net, (1, 8, 8))
         counter = {"fwa": 0, "module": 0, "predict": 0}
         original = model.forward_with_activations
@@ -339,8 +340,8 @@ def test_cached_epochs_never_call_the_predictor(digits, tmp_path):
         model.predict = lambda *a, **k: (_ for _ in ()).throw(AssertionError("predict is not needed"))
         h = net.register_forward_pre_hook(lambda *_: counter.__setitem__("module", counter["module"] + 1))
         try:
-            expl, _ = run_method(model, ds, tmp_path / str(epochs), log_model=False, am_pairs=0,
-                                 **{**FAST, "epochs": epochs})
+            expl, _ = run_method(model, ds, tmp_path / str(epochs), log_model=False, am_pairs=0, n_local=0,
+                                 **{**FAST, "epochs": epochs, "min_steps_per_epoch": 10})
         finally:
             h.remove()
         calls.append(counter)
@@ -379,6 +380,7 @@ def test_report_section_renders(digits_run):
     d = digits_run["expl"].to_dict()
     html = render_method_section(FlintMethod, d, {k: f"{k}.png" for k in d["figures"]})
     assert "What this method does" in html and "Fidelity" in html and "Limitations" in html
+    assert "<code>3</code>, <code>5</code>" in html and "&lt;" not in html
     for name in ("global_relevance", "local", "mas", "am", "training"):
         assert f'src="{name}.png"' in html
     assert "n/a" not in html.split("Key numbers")[1].split("</table>")[0]
@@ -390,10 +392,23 @@ def test_onnx_model_with_torch_view(digits, tmp_path):
     assert model.runtime == "onnxruntime" and FlintMethod.can_explain(model=model, data=ds) is None
     weights = {k: v.tobytes() for k, v in model.parameters().items()}
     expl, _ = run_method(model, ds.subset(200), tmp_path, log_model=False, am_pairs=1, am_rounds=1, am_steps=5,
-                         **FAST)
+                         **{**FAST, "epochs": 2})
     assert expl.ok and expl.details["layers"] == ["/3/MaxPool", "/5/Relu"]  # ONNX node names
     assert {k: v.tobytes() for k, v in model.parameters().items()} == weights
     assert expl.metrics["fidelity"] > 0.5
+
+
+def test_pt2_graph_model(digits, tmp_path):
+    """MLflow's default pytorch format loads as a torch.export graph: taps come from the fx interpreter."""
+    from governance.runtimes.torch_model import TorchModel
+
+    net, ds = digits
+    graph = torch.export.export(net, (torch.from_numpy(ds.X[:4]),),
+                                dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    model = TorchModel.from_module(graph, (1, 8, 8))
+    expl, _ = run_method(model, ds.subset(200), tmp_path, log_model=False, am_pairs=1, am_rounds=1, am_steps=3,
+                         **{**FAST, "epochs": 1})
+    assert expl.ok and expl.details["layers"] == ["3", "5"] and "am" in expl.figures
 
 
 def test_onnx_model_without_torch_view_is_skipped_with_reason(tmp_path):
