@@ -4,6 +4,7 @@ visualise, save."""
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from typing import Any
 
@@ -57,67 +58,101 @@ def input_kind(data: Any, X: np.ndarray) -> tuple[bool, float, float]:
 
 def run_posthoc(method: Any, ctx: MethodContext) -> Explanation:
     cfg, model, data = ctx.config, ctx.model, ctx.data
-    timings: dict[str, float] = {}
     X = model.check_input(data.X)
     train_idx, hold_idx = split_indices(len(X), cfg, ctx.rng)
     image, lo, hi = input_kind(data, X)
 
-    # ------------------------------------------------------------------ taps
     ctx.progress(0.02, "choosing hidden layers")
-    if cfg.layers:
-        layers, why_layers = list(dict.fromkeys(cfg.layers)), "layers given in the configuration"
-    else:
-        layers, why_layers = choose_default_layers(model, X[train_idx[:4]], image)
-    _, probe = probe_activations(model, X[train_idx[:2]], layers)  # raises MethodError listing layers if unknown
-    shapes = []
-    for name in layers:
-        a = probe.get(name)
-        if not isinstance(a, torch.Tensor) or not a.is_floating_point() or a.dim() < 2 or a.shape[0] != 2:
-            raise MethodError(f"layer '{name}' does not produce a float tensor with a batch axis",
-                              hint="tap a layer whose output is one (batch, ...) float tensor")
-        shapes.append([int(d) for d in a.shape[1:]])
-    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
+    layers, why_layers, shapes = resolve_taps(model, cfg, X[train_idx[:4]], image)
     all_idx = np.concatenate([train_idx, hold_idx])
-    need_mb = bytes_per_sample(shapes, dtype) * len(all_idx) / 2**20
-    if need_mb > cfg.max_cache_mb:
-        raise MethodError(
-            f"caching the activations of {', '.join(layers)} for {len(all_idx)} samples needs {need_mb:.0f} MiB, "
-            f"over max_cache_mb = {cfg.max_cache_mb:g}",
-            hint="lower max_samples, tap smaller (later) layers, set cache_dtype: float16, or raise max_cache_mb")
+    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
+    check_cache_size(layers, shapes, len(all_idx), dtype, cfg.max_cache_mb)
 
-    # ------------------------------------------------------------------ one pass over the frozen predictor
+    # one gradient-free pass over the frozen predictor; nothing after this calls it for training
     module = model.torch_module()
     digest_before = state_digest(module)
     t0 = time.perf_counter()
     cache = build_cache(model, X[all_idx], layers, batch_size=model.default_batch_size, dtype=dtype,
                         progress=lambda f: ctx.progress(0.05 + 0.15 * f, "caching hidden activations"))
-    timings["cache_seconds"] = time.perf_counter() - t0
+    timings = {"cache_seconds": time.perf_counter() - t0}
     class_logits, output_transform = as_class_logits(cache.outputs)
-    n_classes = int(class_logits.shape[1])
+    spec = make_spec(cfg, model, data, X, layers, shapes, int(class_logits.shape[1]), output_transform, image, lo, hi)
+
+    trained = train_interpreter(ctx, spec, cache, class_logits, X[all_idx], len(train_idx))
+    timings["train_seconds"] = trained["seconds"]
+    interp = trained["interp"]
+    hold_acts, hold_logits, hold_x = trained["holdout"]
+    ev = evaluate(interp, hold_acts, hold_logits.cpu(), hold_x, taus=cfg.taus)
+
+    ctx.progress(0.82, "interpreting")
+    vis = visualise(ctx, interp, ev, X[hold_idx], image, lo, hi, shapes, trained["history"])
+    if "am_seconds" in vis:
+        timings["am_seconds"] = vis["am_seconds"]
+
+    digest_after = state_digest(module)
+    if digest_after != digest_before:  # a bug, never an input problem: fail loudly
+        raise RuntimeError("the predictor's weights changed during post-hoc FLINT; results are void")
+
+    mlflow_model, warnings = save_and_log(method, ctx, interp, hold_acts, ev)
+    return _explanation(method, ctx, spec=spec, ev=ev, vis=vis, hold_idx=hold_idx, train_idx=train_idx,
+                        history=trained["history"], why_layers=why_layers, cache=cache, timings=timings,
+                        epoch_seconds=trained["epoch_seconds"], mlflow_model=mlflow_model, warnings=warnings,
+                        digest=digest_after, W=interp.W.cpu().numpy())
+
+
+def resolve_taps(model: Any, cfg: Any, x_probe: np.ndarray, image: bool) -> tuple[list[str], str, list[list[int]]]:
+    """The layers to tap (configured or the default choice), why, and each one's per-sample shape."""
+    if cfg.layers:
+        layers, why = list(dict.fromkeys(cfg.layers)), "layers given in the configuration"
+    else:
+        layers, why = choose_default_layers(model, x_probe, image)
+    _, probe = probe_activations(model, x_probe[:2], layers)  # raises MethodError listing layers if unknown
+    shapes = []
+    for name in layers:
+        a = probe.get(name)
+        if not isinstance(a, torch.Tensor) or not a.is_floating_point() or a.dim() < 2 or a.shape[0] != len(x_probe[:2]):
+            raise MethodError(f"layer '{name}' does not produce a float tensor with a batch axis",
+                              hint="tap a layer whose output is one (batch, ...) float tensor")
+        shapes.append([int(d) for d in a.shape[1:]])
+    return layers, why, shapes
+
+
+def check_cache_size(layers: list[str], shapes: list[list[int]], n: int, dtype: torch.dtype, limit_mb: float) -> None:
+    need_mb = bytes_per_sample(shapes, dtype) * n / 2**20
+    if need_mb > limit_mb:
+        raise MethodError(
+            f"caching the activations of {', '.join(layers)} for {n} samples needs {need_mb:.0f} MiB, "
+            f"over max_cache_mb = {limit_mb:g}",
+            hint="lower max_samples, tap smaller (later) layers, set cache_dtype: float16, or raise max_cache_mb")
+
+
+def make_spec(cfg: Any, model: Any, data: Any, X: np.ndarray, layers: list[str], shapes: list[list[int]],
+              n_classes: int, output_transform: str, image: bool, lo: float, hi: float) -> InterpreterSpec:
     if n_classes < 2:
         raise MethodError("FLINT explains classifiers; the model has a single output that is not a class score",
                           hint="use a classifier that outputs one score per class")
-    J = cfg.n_attributes or _default_J(n_classes)
-    reconstruction = cfg.reconstruction
-    if reconstruction == "auto":
-        reconstruction = "l1" if image and not (lo >= 0 and hi <= 1) else "mse"
-    spec = InterpreterSpec(
-        layers=layers, layer_shapes=shapes, n_classes=n_classes, n_attributes=J, input_shape=list(X.shape[1:]),
-        modality="image" if image else "tabular", decoder_output="relu" if lo >= 0 and hi <= 1 else "linear",
-        reconstruction=reconstruction, input_range=[lo, hi], class_names=data.class_names,
-        mode="post-hoc", source_model=model.info.uri, output_transform=output_transform,
-        attribute_activation=cfg.attribute_activation,
+    unit = lo >= 0 and hi <= 1
+    reconstruction = cfg.reconstruction if cfg.reconstruction != "auto" else ("l1" if image and not unit else "mse")
+    return InterpreterSpec(
+        layers=layers, layer_shapes=shapes, n_classes=n_classes, n_attributes=cfg.n_attributes or _default_J(n_classes),
+        input_shape=list(X.shape[1:]), modality="image" if image else "tabular",
+        decoder_output="relu" if unit else "linear", reconstruction=reconstruction, input_range=[lo, hi],
+        class_names=data.class_names, mode="post-hoc", source_model=model.info.uri,
+        output_transform=output_transform, attribute_activation=cfg.attribute_activation,
     )
 
-    # ------------------------------------------------------------------ training (cached activations only)
-    dev = torch.device(model.device if str(model.device).startswith("cuda") else "cpu")
-    n_tr = len(train_idx)
-    tr, ho = torch.arange(n_tr), torch.arange(n_tr, len(all_idx))
-    x_all = torch.from_numpy(np.ascontiguousarray(X[all_idx])).float().to(dev)
-    cache_dev = [a.to(dev) for a in cache.acts]
-    logits_dev = class_logits.to(dev)
-    hold_acts = [a[ho] for a in cache_dev]
-    train_cache = type(cache)([a[tr] for a in cache_dev], cache.outputs[tr], layers, 0)
+
+def train_interpreter(ctx: MethodContext, spec: InterpreterSpec, cache: Any, class_logits: torch.Tensor,
+                      X: np.ndarray, n_train: int) -> dict[str, Any]:
+    """Train (Ψ, h, d) on the first ``n_train`` cached rows, evaluating on the rest after each epoch."""
+    cfg, model = ctx.config, ctx.model
+    dev = _device(model)
+    tr, ho = torch.arange(n_train), torch.arange(n_train, len(X))
+    x_all = torch.from_numpy(np.ascontiguousarray(X)).float().to(dev)
+    acts = [a.to(dev) for a in cache.acts]
+    logits = class_logits.to(dev)
+    holdout = ([a[ho] for a in acts], logits[ho], x_all[ho])
+    train_cache = type(cache)([a[tr] for a in acts], cache.outputs[tr], cache.layers, 0)
     epoch_seconds: list[float] = []
     last = [time.perf_counter()]
 
@@ -127,22 +162,28 @@ def run_posthoc(method: Any, ctx: MethodContext) -> Explanation:
         last[0] = now
         ctx.progress(0.2 + 0.6 * epoch / cfg.epochs, f"epoch {epoch}/{cfg.epochs}: fidelity {record['fidelity']:.3f}")
 
-    step_floats = cfg.batch_size * (sum(int(np.prod(s)) for s in shapes) + int(np.prod(X.shape[1:])))
+    step_floats = cfg.batch_size * (sum(math.prod(s) for s in spec.layer_shapes) + math.prod(spec.input_shape))
     with torch.random.fork_rng(devices=[]), single_thread_if_small(step_floats if dev.type == "cpu" else 1 << 40):
         torch.manual_seed(int(ctx.seed))
         interp = FlintInterpreter(spec).to(dev)
-        gen = torch.Generator().manual_seed(int(ctx.seed))
-        t0 = time.perf_counter()
-        last[0] = t0
-        history = fit_posthoc(interp, train_cache, logits_dev[tr], x_all[tr], schedule=schedule_from(cfg),
-                              epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen,
-                              holdout=(hold_acts, logits_dev[ho], x_all[ho]),
+        t0 = last[0] = time.perf_counter()
+        history = fit_posthoc(interp, train_cache, logits[tr], x_all[tr], schedule=schedule_from(cfg),
+                              epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                              generator=torch.Generator().manual_seed(int(ctx.seed)), holdout=holdout,
                               min_steps_per_epoch=cfg.min_steps_per_epoch, on_epoch=on_epoch)
-        timings["train_seconds"] = time.perf_counter() - t0
-    ev = evaluate(interp, hold_acts, logits_dev[ho].cpu(), x_all[ho], taus=cfg.taus)
+        seconds = time.perf_counter() - t0
+    return {"interp": interp, "history": history, "epoch_seconds": epoch_seconds, "seconds": seconds,
+            "holdout": holdout}
 
-    # ------------------------------------------------------------------ interpretations
-    ctx.progress(0.82, "interpreting")
+
+def visualise(ctx: MethodContext, interp: FlintInterpreter, ev: Any, X_hold: np.ndarray, image: bool, lo: float,
+              hi: float, shapes: list[list[int]], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Global relevance, relevant pairs, MAS, local interpretations, AM+PI and their figures."""
+    from governance_plugins.interpreter import visualise as V
+
+    cfg, data = ctx.config, ctx.data
+    names = data.class_names
+    n_classes = interp.spec.n_classes
     R = M.global_relevance(ev.relevances, ev.g_pred, n_classes)
     pairs = M.relevant_pairs(R, cfg.relevance_threshold)
     pairs_note = None
@@ -152,75 +193,71 @@ def run_posthoc(method: Any, ctx: MethodContext) -> Explanation:
         pairs_note = (f"no class-attribute relevance exceeds {cfg.relevance_threshold:g}; the most relevant "
                       "attribute of each class is shown instead")
     pairs = pairs[: cfg.max_pairs]
-    from governance_plugins.interpreter import visualise as V
-
     mas = V.max_activating(ev.phi, ev.g_pred, pairs, cfg.mas_per_pair)
-    X_hold = X[hold_idx]
-    figures: dict[str, Any] = {}
-    class_names = data.class_names
-    figures["global_relevance"] = ctx.save_figure(V.plot_global_relevance(R, class_names, cfg.relevance_threshold),
-                                                  "global_relevance")
     disagree = np.nonzero(ev.g_pred != ev.f_pred)[0]
-    local_rows = _local_rows(len(hold_idx), disagree, cfg.n_local)
+    local_rows = _local_rows(len(X_hold), disagree, cfg.n_local)
+    out: dict[str, Any] = {"R": R, "pairs": pairs, "pairs_note": pairs_note, "mas": mas, "disagree": disagree,
+                           "local_rows": local_rows, "am": None, "am_settings": None, "am_pairs": [],
+                           "am_skipped": []}
+    figures = out["figures"] = {}
+    figures["global_relevance"] = ctx.save_figure(V.plot_global_relevance(R, names, cfg.relevance_threshold),
+                                                  "global_relevance")
     if len(local_rows):
         figures["local"] = ctx.save_figure(
             V.plot_local(X_hold[local_rows] if image else None, ev.relevances[local_rows], ev.f_pred[local_rows],
-                         ev.g_pred[local_rows], class_names, lo, hi), "local")
+                         ev.g_pred[local_rows], names, lo, hi), "local")
     if pairs and image:
-        figures["mas"] = ctx.save_figure(V.plot_mas(X_hold, mas, pairs, class_names, lo, hi), "mas")
+        figures["mas"] = ctx.save_figure(V.plot_mas(X_hold, mas, pairs, names, lo, hi), "mas")
     elif pairs:
         attrs = list(dict.fromkeys(j for _, j, _ in pairs))
         figures["profiles"] = ctx.save_figure(V.plot_profiles(X_hold, ev.phi, attrs, data.feature_names), "profiles")
     figures["training"] = ctx.save_figure(V.plot_training(history, ev.cns), "training")
 
-    am: dict[str, Any] | None = None
-    am_settings, am_pairs, am_skipped = None, [], []
     if image and cfg.am_pairs > 0 and pairs:
         ctx.progress(0.88, "activation maximisation")
-        am_pairs = pairs[: cfg.am_pairs]
-        am_settings = V.AMSettings.for_range(lo, hi, rounds=cfg.am_rounds, steps=cfg.am_steps, lr=cfg.am_lr,
-                                             clamp=cfg.am_clamp)
+        settings = V.AMSettings.for_range(lo, hi, rounds=cfg.am_rounds, steps=cfg.am_steps, lr=cfg.am_lr,
+                                          clamp=cfg.am_clamp)
         t0 = time.perf_counter()
-        am_floats = len(am_pairs) * (sum(int(np.prod(s)) for s in shapes) + int(np.prod(X.shape[1:])))
-        with single_thread_if_small(am_floats if dev.type == "cpu" else 1 << 40):
-            starts, am_pairs, am_skipped = V.live_starts(model, interp, X_hold, mas, am_pairs, am_settings.kappa)
-            if am_pairs:
-                am = V.activation_maximisation(model, interp, X_hold[starts], [j for _, j, _ in am_pairs],
-                                               am_settings)
-        timings["am_seconds"] = time.perf_counter() - t0
+        floats = cfg.am_pairs * (sum(math.prod(s) for s in shapes) + math.prod(X_hold.shape[1:]))
+        with single_thread_if_small(floats if _device(ctx.model).type == "cpu" else 1 << 40):
+            starts, kept, skipped = V.live_starts(ctx.model, interp, X_hold, mas, pairs[: cfg.am_pairs],
+                                                  settings.kappa)
+            am = (V.activation_maximisation(ctx.model, interp, X_hold[starts], [j for _, j, _ in kept], settings)
+                  if kept else None)
+        out.update(am=am, am_settings=settings, am_pairs=kept, am_skipped=skipped,
+                   am_seconds=time.perf_counter() - t0)
         if am is not None:
-            figures["am"] = ctx.save_figure(V.plot_am(am, am_pairs, class_names, lo, hi), "am")
+            figures["am"] = ctx.save_figure(V.plot_am(am, kept, names, lo, hi), "am")
+    return out
 
-    digest_after = state_digest(module)
-    if digest_after != digest_before:  # a bug, never an input problem: fail loudly
-        raise RuntimeError("the predictor's weights changed during post-hoc FLINT; results are void")
 
-    # ------------------------------------------------------------------ save and log the interpreter
+def save_and_log(method: Any, ctx: MethodContext, interp: FlintInterpreter, example_acts: list[torch.Tensor],
+                 ev: Any) -> tuple[dict[str, Any], list[str]]:
+    """Save the interpreter in the method's folder (the host logs it) and, inside an active MLflow run, log
+    it as a model of its own."""
     from governance_plugins.interpreter.storage import log_to_mlflow, save_interpreter
 
+    cfg = ctx.config
     folder = save_interpreter(interp, ctx.workdir / MODEL_FOLDER, extra={
         "method": method.name, "method_version": method.version, "seed": int(ctx.seed),
         "config": cfg.model_dump(), "fidelity": ev.metrics["fidelity"]})
     warnings: list[str] = []
     if cfg.log_model:
         try:
-            mlflow_model = log_to_mlflow(interp, hold_acts, folder, name="interpreter",
-                                         registered_model_name=cfg.register_as,
-                                         tags={"governance.interprets": model.info.uri})
+            info = log_to_mlflow(interp, example_acts, folder, name="interpreter", registered_model_name=cfg.register_as,
+                                 tags={"governance.interprets": ctx.model.info.uri})
         except Exception as exc:  # the interpretations stand; only the extra MLflow copy is missing
-            mlflow_model = {"logged": False, "reason": f"{type(exc).__name__}: {exc}"}
+            info = {"logged": False, "reason": f"{type(exc).__name__}: {exc}"}
             warnings.append(f"the interpreter could not be logged as an MLflow model: {type(exc).__name__}: {exc}")
     else:
-        mlflow_model = {"logged": False, "reason": "log_model is off"}
-    mlflow_model.update({"files": f"{MODEL_FOLDER}/interpreter.json, {MODEL_FOLDER}/interpreter.pt",
-                         "reload": "governance_plugins.interpreter.load_interpreter(<folder>)"})
+        info = {"logged": False, "reason": "log_model is off"}
+    info.update({"files": f"{MODEL_FOLDER}/interpreter.json, {MODEL_FOLDER}/interpreter.pt",
+                 "reload": "governance_plugins.interpreter.load_interpreter(<folder>)"})
+    return info, warnings
 
-    return _explanation(method, ctx, spec=spec, ev=ev, R=R, pairs=pairs, pairs_note=pairs_note, mas=mas,
-                        hold_idx=hold_idx, train_idx=train_idx, disagree=disagree, local_rows=local_rows,
-                        history=history, figures=figures, am=am, am_settings=am_settings, why_layers=why_layers,
-                        am_pairs=am_pairs, am_skipped=am_skipped,
-                        cache=cache, timings=timings, epoch_seconds=epoch_seconds, mlflow_model=mlflow_model,
-                        warnings=warnings, digest=digest_after, W=interp.W.cpu().numpy())
+
+def _device(model: Any) -> torch.device:
+    return torch.device(model.device if str(model.device).startswith("cuda") else "cpu")
 
 
 def _default_J(n_classes: int) -> int:
@@ -241,11 +278,13 @@ def _label(c: int, names: list[str] | None) -> str:
     return str(names[c]) if names and c < len(names) else str(c)
 
 
-def _explanation(method: Any, ctx: MethodContext, *, spec: InterpreterSpec, ev: Any, R: np.ndarray, pairs: list,
-                 pairs_note: str | None, mas: np.ndarray, hold_idx: np.ndarray, train_idx: np.ndarray,
-                 disagree: np.ndarray, local_rows: np.ndarray, history: list, figures: dict, am: dict | None,
-                 am_settings: Any, why_layers: str, am_pairs: list, am_skipped: list, cache: Any, timings: dict, epoch_seconds: list,
-                 mlflow_model: dict, warnings: list, digest: str, W: np.ndarray) -> Explanation:
+def _explanation(method: Any, ctx: MethodContext, *, spec: InterpreterSpec, ev: Any, vis: dict[str, Any],
+                 hold_idx: np.ndarray, train_idx: np.ndarray, history: list, why_layers: str, cache: Any,
+                 timings: dict, epoch_seconds: list, mlflow_model: dict, warnings: list, digest: str,
+                 W: np.ndarray) -> Explanation:
+    R, pairs, mas, disagree, local_rows = vis["R"], vis["pairs"], vis["mas"], vis["disagree"], vis["local_rows"]
+    am, am_settings, am_pairs, am_skipped = vis["am"], vis["am_settings"], vis["am_pairs"], vis["am_skipped"]
+    pairs_note, figures = vis["pairs_note"], vis["figures"]
     cfg, data = ctx.config, ctx.data
     names = data.class_names
     J, C = spec.n_attributes, spec.n_classes
@@ -259,8 +298,9 @@ def _explanation(method: Any, ctx: MethodContext, *, spec: InterpreterSpec, ev: 
     metrics["cache_seconds"] = float(timings["cache_seconds"])
     metrics["train_seconds_per_epoch"] = float(np.mean(epoch_seconds)) if epoch_seconds else float("nan")
     metrics["predictor_forward_calls"] = float(cache.forward_calls)
-    if data.y is not None:
-        y = np.asarray(data.y)[hold_idx]
+    y_all = np.asarray(data.y) if data.y is not None else None
+    if y_all is not None and y_all.ndim == 1 and np.issubdtype(y_all.dtype, np.integer):  # class indices only
+        y = y_all[hold_idx]
         metrics["accuracy_predictor"] = float((ev.f_pred == y).mean())
         metrics["accuracy_interpreter"] = float((ev.g_pred == y).mean())
     if am is not None:
