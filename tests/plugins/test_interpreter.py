@@ -4,6 +4,7 @@ its CLI command."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -313,6 +314,7 @@ def test_posthoc_digits_outputs_and_frozen_weights(digits_run):
     assert expl.tables["pairs"] and expl.tables["local"]
     assert len(expl.arrays["disagreements"]) == int(expl.metrics["n_disagreements"])
     assert expl.details["mlflow_model"]["logged"] is False
+    json.dumps(expl.to_dict(), allow_nan=False)  # what the host writes to report.json
 
 
 def test_saved_interpreter_reloads(digits_run):
