@@ -219,12 +219,13 @@ def resolve(uri: str, *, tracking_uri: str, download_dir: Path) -> ModelVersionI
         info.status = mv.status
         if mv.creation_timestamp:
             info.created_at = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).isoformat()
-        if not info.aliases:  # search results may omit aliases: read them from the registered model
-            try:
-                rm = client.get_registered_model(mv.name)
+        try:  # aliases may be missing from version records; the model-level description lives here
+            rm = client.get_registered_model(mv.name)
+            if not info.aliases:
                 info.aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == info.version)
-            except Exception:
-                pass
+            info.registered_model_description = rm.description or None
+        except Exception:
+            pass
         folder = _download(client, f"models:/{mv.name}/{mv.version}", download_dir / f"{mv.name}-v{mv.version}")
     meta = _read_mlmodel(folder)
     if not info.run_id:

@@ -13,8 +13,6 @@ the method-section template contract.
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,16 +38,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'governance.report' has no attribute {name!r}")
-
-
-class _CallablePackage(types.ModuleType):
-    """``governance.report(...)`` is the top-level API (see governance/__init__.py), but importing this
-    package rebinds ``governance.report`` to the package: calling it must still work."""
-
-    def __call__(self, model_uri: str, **kwargs: Any) -> Any:
-        from governance.report.publish import report_for_model
-
-        return report_for_model(model_uri, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
