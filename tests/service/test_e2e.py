@@ -57,7 +57,7 @@ def stack(tmp_path_factory):
     finally:
         if receiver is not None:
             stop(receiver)
-        stop(server)
+        stop(server, grace=5)
 
 
 @pytest.fixture
