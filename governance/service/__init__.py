@@ -6,7 +6,7 @@ Producers put report jobs into one durable queue; workers run them::
     registry polling ──▶ watcher.Watcher (search_model_versions, cursor) ────────┼──▶ queue.JobQueue (SQLite, WAL)
     cron / timer / CronJob ──▶ scheduler.schedule_pass (versions behind an alias) ┘        │ claim + lease
                                                                                            ▼
-                                          worker.Worker ──▶ handlers.report_job ──▶ governance.api.report
+                                          worker.Worker ──▶ handlers.report_job ──▶ governance.api.report_model
 
 Modules: ``config`` (paths, secret), ``signing`` (the MLflow signature), ``triggers`` (events, rules),
 ``jobs`` (settings fingerprint, idempotency key), ``queue``, ``worker``, ``handlers``, ``receiver``,

@@ -62,14 +62,14 @@ def _signer(text: str | None) -> dict[str, str] | None:
 
 
 def _report_function() -> Any:
-    """``governance.api.report`` once the report builder is installed, else None."""
+    """``governance.api.report_model`` when the report builder is installed, else None (explain only)."""
     try:
         from governance.report import report_for_model  # noqa: F401
     except ImportError:
         return None
-    from governance.api import report
+    from governance.api import report_model
 
-    return report
+    return report_model
 
 
 def run_settings(settings: ReportSettings, model_uri: str, invocation: str) -> dict[str, Any]:
