@@ -119,8 +119,10 @@ def _lookup_version(client: Any, ref: ModelRef) -> Any:
         if ref.kind == "latest":
             versions = client.search_model_versions(f"name='{ref.name}'")
             if not versions:
+                from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
                 raise MlflowException(f"Registered Model with name={ref.name} not found",
-                                      error_code="RESOURCE_DOES_NOT_EXIST")
+                                      error_code=RESOURCE_DOES_NOT_EXIST)
             newest = max(versions, key=lambda mv: int(mv.version))
             return client.get_model_version(ref.name, newest.version)
         return client.get_model_version(ref.name, ref.version)
