@@ -335,15 +335,19 @@ class NeflagRun:
     def _findings(metrics: dict[str, float], methods: list[str]) -> list[str]:
         out = []
         baselines = [m for m in methods if m != "neflag"]
-        if "deletion_auc" in metrics and baselines:
-            others = ", ".join(f"{metrics[METRIC_PREFIX[b] + 'deletion_auc']:.3f} for {LABELS[b]}" for b in baselines)
-            best = min(methods, key=lambda m: metrics[METRIC_PREFIX[m] + "deletion_auc"])
-            out.append(f"Deletion AUC (lower is better): NeFLAG {metrics['deletion_auc']:.3f}, against {others}; "
-                       f"removing the features {LABELS[best]} ranks first lowers the class probability fastest.")
-            best_i = max(methods, key=lambda m: metrics[METRIC_PREFIX[m] + "insertion_auc"])
-            others_i = ", ".join(f"{metrics[METRIC_PREFIX[b] + 'insertion_auc']:.3f} for {LABELS[b]}" for b in baselines)
-            out.append(f"Insertion AUC (higher is better): NeFLAG {metrics['insertion_auc']:.3f}, against {others_i}; "
-                       f"best: {LABELS[best_i]}.")
+        if "deletion_auc" in metrics:
+            if baselines:
+                dels = ", ".join(f"{metrics[METRIC_PREFIX[b] + 'deletion_auc']:.3f} for {LABELS[b]}" for b in baselines)
+                ins = ", ".join(f"{metrics[METRIC_PREFIX[b] + 'insertion_auc']:.3f} for {LABELS[b]}" for b in baselines)
+                best = min(methods, key=lambda m: metrics[METRIC_PREFIX[m] + "deletion_auc"])
+                best_i = max(methods, key=lambda m: metrics[METRIC_PREFIX[m] + "insertion_auc"])
+                out.append(f"Deletion AUC (lower is better): NeFLAG {metrics['deletion_auc']:.3f}, against {dels}; "
+                           f"removing the features {LABELS[best]} ranks first lowers the class probability fastest.")
+                out.append(f"Insertion AUC (higher is better): NeFLAG {metrics['insertion_auc']:.3f}, against {ins}; "
+                           f"best: {LABELS[best_i]}.")
+            else:
+                out.append(f"Deletion AUC {metrics['deletion_auc']:.3f} (lower is better) and insertion AUC "
+                           f"{metrics['insertion_auc']:.3f} (higher is better); no baseline was computed to compare with.")
         rho = metrics.get("randomisation_spearman")
         if rho is not None and np.isfinite(rho):
             verdict = ("depend strongly on the learned weights (the sanity check passes)" if abs(rho) < 0.3 else
@@ -355,7 +359,7 @@ class NeflagRun:
         if st is not None and np.isfinite(st):
             out.append(f"Re-running NeFLAG with other seeds gives attributions with a mean rank correlation of "
                        f"{st:.2f} with each other ({'stable' if st >= 0.8 else 'noticeably seed-dependent'}).")
-        if "max_sensitivity" in metrics and baselines:
+        if "max_sensitivity" in metrics:
             vals = ", ".join(f"{LABELS[m]} {metrics[METRIC_PREFIX[m] + 'max_sensitivity']:.3f}" for m in methods
                              if METRIC_PREFIX[m] + "max_sensitivity" in metrics)
             out.append(f"Max-sensitivity (relative change under small input noise, lower is better): {vals}.")

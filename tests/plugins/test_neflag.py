@@ -412,12 +412,14 @@ def test_plugin_on_tabular_mlp_uses_form_a_in_z_units(cancer, tmp_path):
 def test_finite_difference_mode_on_onnx_runtime(cancer, tmp_path):
     mlp, ds = cancer
     onnx_model = tm.as_onnx_loaded(mlp, (30,), tmp_path)
-    raw = {"output": "logit", "baselines": [], "quality": {"deletion_insertion": False, "max_sensitivity": False,
+    raw = {"output": "logit", "baselines": [], "quality": {"deletion_insertion": True, "steps": 5, "max_sensitivity": False,
                                                             "randomisation": False, "seed_stability": False}}
     grad = explain(onnx_model, ds, tmp_path / "g", raw)
     fd = explain(onnx_model, ds, tmp_path / "f", {**raw, "derivative": "finite_difference"})
     scale = np.abs(grad.arrays["neflag"]).max()
     np.testing.assert_allclose(fd.arrays["neflag"], grad.arrays["neflag"], rtol=0, atol=2e-2 * scale)
+    assert fd.details["derivative"] == "finite_difference" and list(fd.arrays).count("saliency") == 0
+    assert any("no baseline" in f for f in fd.findings)
 
 
 class ForwardOnly(LoadedModel):
