@@ -118,6 +118,8 @@ class BortAudit(Method):
             init = A.init_reference(layers, seed=ctx.seed, amplitude=cfg.amplitude)
             isum = A.summarize(init)
             metrics["d_orth_init_mean"] = isum["d_orth_mean"]
+            if "d_orth_hidden_mean" in isum:
+                metrics["d_orth_init_hidden_mean"] = isum["d_orth_hidden_mean"]
             metrics["kappa_init_median"] = isum["kappa_median"]
             if isum["d_orth_mean"] > 0:
                 metrics["d_orth_vs_init"] = summary["d_orth_mean"] / isum["d_orth_mean"]
@@ -171,11 +173,8 @@ class BortAudit(Method):
         worst = A.worst_layer(audits)
         mean = summary["d_orth_mean"]
         if init is not None:
-            imean = metrics["d_orth_init_mean"]
-            verdict = ("closer to bounded-orthogonal than random weights of the same shapes" if mean < 0.5 * imean
-                       else "not markedly closer to bounded-orthogonal than random weights of the same shapes")
-            findings.insert(0, f"Weighted mean D_orth = {mean:.3g} against {imean:.3g} for random initialisation: "
-                               f"the weights are {verdict}.")
+            isum_all = A.summarize(init)
+            findings[:0] = self._init_findings(summary, isum_all)
         if worst is not None:
             findings.append(f"Least orthogonal layer: '{worst.name}' ({worst.m}×{worst.n}) with D_orth = {worst.d_orth:.3g}"
                             f" and condition number {worst.kappa:.3g}.")
@@ -303,6 +302,25 @@ class BortAudit(Method):
         if not evidences[0].chain:
             recon["traceback_unavailable"] = evidences[0].chain_reason
         return evidences, recon, X[:6]
+
+    @staticmethod
+    def _init_findings(ours: dict[str, float], init: dict[str, float]) -> list[str]:
+        """Compare with random weights of the same shapes, over all layers and without the last one."""
+        def verdict(a: float, b: float) -> str:
+            if a < 0.5 * b:
+                return "much closer to bounded-orthogonal than random weights"
+            if a <= b:
+                return "about as close to bounded-orthogonal as random weights, or slightly closer"
+            return "further from bounded-orthogonal than random weights"
+
+        out = [f"Weighted mean D_orth over all layers = {ours['d_orth_mean']:.3g} against {init['d_orth_mean']:.3g} "
+               f"for random weights of the same shapes: {verdict(ours['d_orth_mean'], init['d_orth_mean'])}."]
+        if "d_orth_hidden_mean" in ours and "d_orth_hidden_mean" in init:
+            a, b = ours["d_orth_hidden_mean"], init["d_orth_hidden_mean"]
+            if verdict(a, b) != verdict(ours["d_orth_mean"], init["d_orth_mean"]):
+                out.append(f"Without the last layer (the classifier, which Bort training leaves free by default): "
+                           f"{a:.3g} against {b:.3g}, {verdict(a, b)}.")
+        return out
 
     @staticmethod
     def _evidence_findings(evidences: list) -> list[str]:

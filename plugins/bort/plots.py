@@ -53,19 +53,29 @@ def spectra_figure(audits: Sequence[LayerAudit]) -> Any:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.3, 3.4))
     cmap = plt.get_cmap("viridis")
+    few = len(audits) <= 8
     for i, a in enumerate(audits):
         s = a.mean_sigma2
         if not s > 0:
             continue
         vals = np.clip(a.sigma2 / s, 1e-8, None)
-        ax.plot(np.linspace(0, 1, len(vals)), vals, color=cmap(i / max(len(audits) - 1, 1)), lw=1)
+        ax.plot(np.linspace(0, 1, len(vals)), vals, color=cmap(i / max(len(audits) - 1, 1)), lw=1.2,
+                label=_short(a.name, 18) if few else None)
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_yscale("log")
     ax.set_xlabel("singular value rank (normalised, largest first)")
     ax.set_ylabel("σ² / mean σ²")
-    ax.set_title("Squared singular values per layer (colour: depth, dark = first)")
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(len(audits), 1)))
-    fig.colorbar(sm, ax=ax, label="layer index", fraction=0.04, pad=0.02)
+    if few:
+        ax.set_title("Squared singular values per layer (flat at 1 = orthogonal up to scale)")
+        ax.legend(fontsize=7, frameon=False, title="layer", title_fontsize=7)
+    else:
+        ax.set_title("Squared singular values per layer (colour: depth, dark = first)")
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(len(audits), 1)))
+        bar = fig.colorbar(sm, ax=ax, label="layer index", fraction=0.04, pad=0.02)
+        from matplotlib.ticker import MaxNLocator
+
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
     return fig
 
 
@@ -80,10 +90,10 @@ def traceback_figure(evidences: Sequence[Any]) -> Any:
         if ev.tap_rows:
             ax.plot([r["depth"] for r in ev.tap_rows], [r["rel_error"] for r in ev.tap_rows], "o-", color=color,
                     label=ev.label, ms=3)
-            ticks.update({r["depth"]: _short(str(r["tap"]), 12) for r in ev.tap_rows})
-    if ticks and len(ticks) <= 12:
+            ticks.update({r["depth"]: f"{_short(str(r['tap']), 12)}\n{r['module']}" for r in ev.tap_rows})
+    if ticks and len(ticks) <= 10:
         ax.set_xticks(sorted(ticks))
-        ax.set_xticklabels([ticks[k] for k in sorted(ticks)], rotation=30, fontsize=7)
+        ax.set_xticklabels([ticks[k] for k in sorted(ticks)], fontsize=7)
     ax.set_xlabel("traced back from the output of module")
     ax.set_ylabel("‖x − x̂‖ / ‖x‖")
     ax.set_title("Reconstruction of the input")
@@ -97,7 +107,7 @@ def traceback_figure(evidences: Sequence[Any]) -> Any:
                 ax.plot(f, ev.auc["insertion_curve"], color=color, ls="--", label=f"{ev.label}: insertion")
         ax.set_xlabel("fraction of pixels deleted / inserted")
         ax.set_ylabel("normalised class score")
-        ax.set_title("Backtracking saliency: deletion / insertion")
+        ax.set_title("Saliency: deletion / insertion")
         ax.legend(fontsize=6, frameon=False)
     return fig
 

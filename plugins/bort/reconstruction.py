@@ -81,15 +81,16 @@ def chain_problem(steps: Sequence[Step], x: torch.Tensor, out: Any) -> str | Non
     """Why the recorded steps are not a simple chain ``x -> step_0 -> ... -> out``, or None if they are."""
     if not steps:
         return "the model has no sub-modules to trace back through"
-    names = [s.name for s in steps]
-    if len(set(names)) != len(names):
-        return "a module is called more than once in the forward pass"
     if steps[0].inp is None or not (steps[0].inp is x or (steps[0].inp.shape == x.shape and torch.equal(steps[0].inp, x))):
         return f"the first module '{steps[0].name}' does not take the model input directly"
+    seen = {steps[0].name}
     for prev, cur in zip(steps, steps[1:]):
         if cur.inp is None or cur.inp is not prev.out:
             return (f"module '{cur.name}' does not take the output of '{prev.name}' (residual connections or "
                     "functional operations in forward)")
+        if cur.name in seen:
+            return f"module '{cur.name}' is called more than once in the forward pass"
+        seen.add(cur.name)
     if not isinstance(out, torch.Tensor) or not (out is steps[-1].out or torch.equal(out, steps[-1].out)):
         return f"the model output is not the output of its last module '{steps[-1].name}'"
     return None
@@ -110,7 +111,7 @@ def _fit_spatial(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 def _row_scale(W: torch.Tensor) -> torch.Tensor:
     """Per-row factors of the transpose inverse: ``1/‖w_i‖²`` (wide) or ``1/s`` for every row (tall)."""
-    Wm = W.reshape(W.shape[0], -1)
+    Wm = W.detach().reshape(W.shape[0], -1)
     m, n = Wm.shape
     if m <= n:
         sq = Wm.square().sum(1)
