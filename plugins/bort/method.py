@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from governance.errors import MethodError
+from governance.errors import GovernanceError, MethodError
 from governance.method import Method, MethodConfig, MethodContext, Requirement
 from governance.results import Explanation
 from governance_plugins.bort.constants import TAG_GAMMA, TAG_OPTIMIZER
@@ -39,8 +39,10 @@ class BortConfig(MethodConfig):
     saliency_layer: str | None = None
     #: class score for deletion/insertion: softmax probability (default) or raw logit
     saliency_score: Literal["softmax", "logit"] = "softmax"
-    #: pixels per deletion/insertion step (default about 80 steps per image)
+    #: pixels per deletion/insertion step (default as in the authors' benchmark: 10 for 28-32 px images)
     deletion_step: int | None = Field(None, ge=1)
+    #: images scored by deletion/insertion (two forward passes per step and image)
+    deletion_samples: int = Field(16, ge=1, le=1024)
     #: layers shown in the per-layer figure (the worst ones when there are more)
     max_plot_layers: int = Field(48, ge=1)
 
@@ -274,7 +276,11 @@ class BortAudit(Method):
                             f"near bounded-orthogonal (D_orth {d_orth_mean:.3g} <= {cfg.near_orthogonal_threshold:g})")
         data = ctx.data
         sub = data.subset(cfg.n_samples, ctx.rng)
-        X = model.check_input(sub.X)
+        try:
+            X = model.check_input(sub.X)
+        except GovernanceError as exc:
+            recon["reason"] = f"the data does not fit the model ({str(exc).splitlines()[0]})"
+            return [], recon, None
         image = data.modality == "image" and X.ndim == 4
         from governance_plugins.bort.reconstruction import gather_evidence
 
@@ -292,6 +298,7 @@ class BortAudit(Method):
             try:
                 ev = gather_evidence(mod, X, label=label, image=image, layer=cfg.saliency_layer,
                                      score=cfg.saliency_score, deletion_step=cfg.deletion_step,
+                                     deletion_samples=cfg.deletion_samples,
                                      rng=np.random.default_rng(seed))
             except KeyError as exc:
                 raise MethodError(f"saliency_layer {exc} is not a module of the traced chain of {label}",

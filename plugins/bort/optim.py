@@ -104,6 +104,14 @@ def bort_penalty(weight: Tensor, amplitude: float | str = 1.0) -> Tensor:
     return 0.25 * (G - c * eye).square().sum()
 
 
+def _all_finite(params: list[Tensor]) -> Tensor:
+    """Per-parameter "all entries finite" flags from one fused max-abs reduction where torch offers it (max |p|
+    cannot overflow, so it is finite exactly when every entry is); the caller syncs once on the result."""
+    if hasattr(torch, "_foreach_norm") and len({(p.device, p.dtype) for p in params}) == 1:
+        return torch.isfinite(torch.stack(torch._foreach_norm(params, float("inf"))))
+    return torch.stack([torch.isfinite(p).all().to(params[0].device) for p in params])
+
+
 def _is_tall(p: Tensor) -> bool:
     return p.ndim >= 2 and p.shape[0] > p[0].numel()
 
@@ -128,6 +136,8 @@ class _BortMixin:
         self._bort_checked: set[int] = set()
 
     def _bort_after_init(self) -> None:
+        if self.defaults.get("differentiable"):
+            raise ValueError(f"{type(self).__name__} does not support differentiable=True")
         self.defaults.update(self._bort_defaults)
         if all(g["gamma"] == 0 for g in self.param_groups):
             warnings.warn(
@@ -138,6 +148,17 @@ class _BortMixin:
             )
 
     # -------------------------------------------------------------------------------- groups and state
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state["_bort_check_finite"] = getattr(self, "_bort_check_finite", True)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        self._bort_defaults = {k: self.defaults.get(k) for k in _BORT_KEYS}
+        self._bort_check_finite = state.get("_bort_check_finite", True)
+        self._bort_checked = set()
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key, value in getattr(self, "_bort_defaults", {}).items():
             param_group.setdefault(key, value)
@@ -263,7 +284,8 @@ class _BortMixin:
                     delta = bort_correction(p, group["amplitude"], group["mode"]).to(p.grad.dtype)
                     sign = -1.0 if group.get("maximize") else 1.0  # the penalty is always descended
                     original = p.grad
-                    p.grad = original.add(delta, alpha=sign * group["gamma"])
+                    # g + gamma*Delta, written into Delta's fresh buffer: the caller's gradient stays untouched
+                    p.grad = delta.mul_(sign * group["gamma"]).add_(original)
                     swapped.append((p, original))
             else:
                 self._decoupled_pre(items, overrides)
@@ -275,7 +297,7 @@ class _BortMixin:
             for gi, saved in overrides.items():
                 self.param_groups[gi].update(saved)
         if self._bort_check_finite and items:
-            finite = torch.stack([torch.isfinite(p).all() for *_x, p in items])
+            finite = _all_finite([p for *_x, p in items])
             if not bool(finite.all()):
                 bad = [self._param_label(gi, pi, p) for (gi, pi, _g, p), ok in zip(items, finite.tolist()) if not ok]
                 raise FloatingPointError(
@@ -319,12 +341,11 @@ class BortSGD(_BortMixin, torch.optim.SGD):
         mode: str = "l2-full",
         maximize: bool = False,
         foreach: bool | None = None,
-        differentiable: bool = False,
         check_finite: bool = True,
     ) -> None:
         self._bort_init(gamma, amplitude, mode, check_finite)
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable)
+                         nesterov=nesterov, maximize=maximize, foreach=foreach)
         self._bort_after_init()
 
 
@@ -355,12 +376,11 @@ class BortAdamW(_BortMixin, torch.optim.AdamW):
         maximize: bool = False,
         foreach: bool | None = None,
         capturable: bool = False,
-        differentiable: bool = False,
         check_finite: bool = True,
     ) -> None:
         self._bort_init(gamma, amplitude, mode, check_finite)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable)
+                         maximize=maximize, foreach=foreach, capturable=capturable)
         self._bort_after_init()
 
     def _decoupled_pre(self, items: list[tuple[int, int, dict[str, Any], Tensor]], restore: dict[int, Any]) -> None:

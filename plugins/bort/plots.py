@@ -63,6 +63,13 @@ def spectra_figure(audits: Sequence[LayerAudit]) -> Any:
                 label=_short(a.name, 18) if few else None)
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    lo, hi = ax.get_ylim()
+    if hi / lo < 20:  # less than about a decade: label the minor ticks too
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("singular value rank (normalised, largest first)")
     ax.set_ylabel("σ² / mean σ²")
     if few:

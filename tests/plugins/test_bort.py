@@ -349,6 +349,22 @@ def test_state_dict_round_trip_resumes_exactly():
     assert resumed.param_groups[0]["gamma"] == 3.0  # a plain checkpoint keeps the Bort settings
 
 
+def test_optimizer_survives_pickling():
+    import copy
+    import pickle
+
+    lin = nn.Linear(4, 6)
+    opt = BortAdamW(lin.parameters(), lr=0.1, gamma=0.5, check_finite=False)
+    zero_loss_steps(opt, list(lin.parameters()), 2)
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone.param_groups[0]["gamma"] == 0.5 and clone._bort_check_finite is False
+        clone.add_param_group({"params": [nn.Parameter(torch.randn(3, 3))]})  # inherits gamma 0.5
+        assert clone.param_groups[1]["gamma"] == 0.5
+        for p in clone.param_groups[0]["params"]:
+            p.grad = torch.zeros_like(p)
+        clone.step()
+
+
 def test_sgd_state_dict_has_torch_layout():
     lin = nn.Linear(4, 4)
     opt = BortSGD(lin.parameters(), lr=0.1, momentum=0.9, gamma=0.1)
