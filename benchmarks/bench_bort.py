@@ -158,17 +158,19 @@ def main() -> None:
     if not args.quick and args.batch is None:
         x2, y2 = torch.randn(2 * batch, 3, res, res, device=dev), torch.randint(0, 1000, (2 * batch,), device=dev)
         nets.append((f"ResNet-18-shaped {res}x{res}, batch {2 * batch}", resnet18_shaped, x2, y2, reps, warm))
-    unit = "CPU seconds of this process" if dev == "cpu" else "seconds (CUDA synchronised)"
+    unit = "CPU time of this process" if dev == "cpu" else "wall time (CUDA synchronised)"
     print(f"\nTraining step (forward + backward + step), median {unit}; Bort constrains Linear/Conv weights "
           "except the classifier.\nThe Bort work (Delta only) is a fixed cost per step: its share falls as the batch or "
           "input grows.")
-    print(f"{'network':38s} {'SGD':>9s} {'BortSGD':>9s} {'overhead':>9s} {'AdamW':>9s} {'BortAdamW':>9s} "
-          f"{'overhead':>9s} {'Delta only':>10s}")
+    print(f"{'network':38s} {'SGD':>8s} {'BortSGD':>8s} {'overhead':>8s} {'AdamW':>8s} {'BortAdamW':>9s} "
+          f"{'overhead':>8s} {'Delta only':>10s} {'Delta/SGD':>9s}   (times in ms)")
     for label, build, x, y, n, w in nets:
         t = step_times(build, x, y, dev, n, w)
         corr = correction_time(build().to(dev), dev, max(3, n // 5))
-        print(f"{label:38s} {t['SGD']:9.4f} {t['BortSGD']:9.4f} {t['BortSGD'] / t['SGD'] - 1:+9.1%} "
-              f"{t['AdamW']:9.4f} {t['BortAdamW']:9.4f} {t['BortAdamW'] / t['AdamW'] - 1:+9.1%} {corr:10.4f}")
+        ms = {k: 1e3 * v for k, v in t.items()}
+        print(f"{label:38s} {ms['SGD']:8.1f} {ms['BortSGD']:8.1f} {t['BortSGD'] / t['SGD'] - 1:+8.1%} "
+              f"{ms['AdamW']:8.1f} {ms['BortAdamW']:9.1f} {t['BortAdamW'] / t['AdamW'] - 1:+8.1%} {1e3 * corr:10.2f} "
+              f"{corr / t['SGD']:9.1%}")
 
     if dev == "cpu":
         print("\nAudit of a ResNet-18-shaped network's weights, CPU seconds (float64; numpy's svd is the same-run peer)")

@@ -177,7 +177,7 @@ class _BortMixin:
             param_group["amplitude"] = float(amp)
         if param_group.get("mode") not in MODES:
             raise ValueError(f"unknown Bort mode {param_group.get('mode')!r}; choose one of {', '.join(MODES)}")
-        if param_group.get("fused"):
+        if param_group.get("fused", getattr(self, "defaults", {}).get("fused")):
             raise ValueError(
                 f"{type(self).__name__} does not support fused=True: the fused kernels expect (possibly scaled) "
                 "raw gradients, which the Bort correction would corrupt; use the default implementation")
@@ -307,11 +307,17 @@ class _BortMixin:
         return loss
 
     def _bort_base_step(self) -> Callable:
-        for klass in type(self).__mro__:
+        cls = type(self)
+        cached = cls.__dict__.get("_bort_base_step_fn")
+        if cached is not None:
+            return cached
+        for klass in cls.__mro__:
             if klass is _BortMixin or issubclass(klass, _BortMixin):
                 continue
             if "step" in klass.__dict__:
-                return _unhooked(klass.__dict__["step"])
+                fn = _unhooked(klass.__dict__["step"])
+                cls._bort_base_step_fn = fn  # type: ignore[attr-defined]
+                return fn
         raise TypeError(f"{type(self).__name__} has no base optimizer step")  # pragma: no cover
 
 

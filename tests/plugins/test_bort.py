@@ -407,6 +407,8 @@ def test_with_bort_recipe_matches_the_dedicated_classes():
         assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
     with pytest.raises(ValueError, match="coupling"):
         with_bort(torch.optim.SGD, "both")
+    with pytest.raises(ValueError, match="fused"):
+        decoupled(nn.Linear(3, 3).parameters(), gamma=1.0, fused=True)
 
 
 def test_coupled_form_leaves_the_gradient_untouched():
