@@ -412,7 +412,7 @@ def test_with_bort_recipe_matches_the_dedicated_classes():
 
 
 def test_coupled_form_leaves_the_gradient_untouched():
-    w = nn.Parameter(torch.randn(4, 8))
+    w = nn.Parameter(torch.randn(4, 8) / 4)
     g = torch.randn(4, 8)
     w.grad = g.clone()
     BortSGD([w], lr=0.1, gamma=1.0).step()
