@@ -38,7 +38,7 @@ def gram_dev(w: torch.Tensor) -> float:
     """‖G − I‖_F with G the k×k Gram matrix (W Wᵀ if m <= n else Wᵀ W)."""
     W = w.detach().reshape(w.shape[0], -1).double()
     G = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
-    return float((G - torch.eye(G.shape[0], dtype=G.dtype)).norm())
+    return float((G - torch.eye(G.shape[0], dtype=G.dtype, device=G.device)).norm())
 
 
 def zero_loss_steps(opt: torch.optim.Optimizer, params: list[torch.Tensor], n: int) -> None:
