@@ -22,6 +22,7 @@ class Extraction:
     or_joint: np.ndarray
     and_trad: np.ndarray | None
     or_trad: np.ndarray | None
+    bound: float | None = None  # O13 lower bound max_i L4*_i + α·Σ_i L4*_i (loose when the models differ)
 
     @property
     def m(self) -> int:
@@ -50,16 +51,15 @@ def extract(v: np.ndarray, tau_gamma: np.ndarray, *, alpha: float = 0.1, weighti
             sol = solve(sp, traditional_solver if problem.m > 1 else solver, settings)
             sol.lower_bound = _single_bound(sp, sol)
             trad.append(sol)
+    bound = problem.lower_bound(np.array([t.lower_bound for t in trad])) if trad else None
     if problem.m == 1:
         joint = trad[0]
     else:
-        joint = solve(problem, solver, settings)
-        if joint.exact:
-            joint.lower_bound = joint.loss
-        elif trad:
-            joint.lower_bound = problem.lower_bound(np.array([t.lower_bound for t in trad]))
+        joint = solve(problem, solver, settings, singles=[t for t in trad if t.exact] or None)
+        joint.lower_bound = joint.loss if joint.exact else bound
     a_j, o_j = merge_singletons(joint.i_and, joint.i_or)
     a_t = o_t = None
     if trad:
         a_t, o_t = merge_singletons(np.concatenate([t.i_and for t in trad]), np.concatenate([t.i_or for t in trad]))
-    return Extraction(v=v, joint=joint, traditional=trad, and_joint=a_j, or_joint=o_j, and_trad=a_t, or_trad=o_t)
+    return Extraction(v=v, joint=joint, traditional=trad, and_joint=a_j, or_joint=o_j, and_trad=a_t, or_trad=o_t,
+                      bound=bound)

@@ -252,6 +252,9 @@ def summarize(records: list[SampleRecord], model_labels: list[str], *, salient_r
     mt["loss_reduction"] = _nanmean([j.improvement for j in joints])
     gaps = [j.gap for j in joints if j.gap is not None]
     mt["lower_bound_gap"] = _nanmean(gaps) if gaps else float("nan")
+    bounds = [(r.ext.joint.loss - r.ext.bound) / r.ext.bound for r in records
+              if r.ext.bound is not None and r.ext.bound > 0 and m > 1]
+    mt["o13_bound_gap"] = _nanmean(bounds) if bounds else float("nan")
     mt["solver_seconds"] = _nanmean([j.seconds for j in joints])
     mt["exact_fraction"] = _nanmean([1.0 if j.exact else 0.0 for j in joints])
     mt["universal_matching_error"] = float(np.max(um_err))

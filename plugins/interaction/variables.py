@@ -161,18 +161,27 @@ def evaluate_masked(predicts: Sequence[Callable[[np.ndarray], np.ndarray]], x: n
 
 
 def occlusion_scores(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, baseline: np.ndarray,
-                     cands: Candidates, value_of: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+                     cands: Candidates, value_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                     max_bytes: int = 256 * 2**20) -> np.ndarray:
     """|v(x) - v(x with one candidate at its baseline)| for every sample and candidate: (len(X), C).
-    ``value_of(outputs, targets)`` maps raw outputs to v per row. One batch of len(X)·(C+1) forwards."""
+    ``value_of(outputs, sample_rows)`` maps raw outputs to v per row. Each sample costs C+1 forwards; samples
+    are batched together up to ``max_bytes`` of inputs."""
     n_samples, n_c = len(X), len(cands.groups)
     flat = X.reshape(n_samples, -1)
     b = baseline.reshape(-1)
-    batch = np.repeat(flat[:, None, :], n_c + 1, axis=1)  # (B, C+1, D); slot 0 = unmasked
-    for c, g in enumerate(cands.groups):
-        batch[:, c + 1, g] = b[g]
-    outs = predict(batch.reshape((n_samples * (n_c + 1), *X.shape[1:])))
-    vals = value_of(outs, np.repeat(np.arange(n_samples), n_c + 1)).reshape(n_samples, n_c + 1)
-    return np.abs(vals[:, :1] - vals[:, 1:])
+    per_sample = (n_c + 1) * flat.shape[1] * X.dtype.itemsize
+    step = max(1, int(max_bytes // max(per_sample, 1)))
+    scores = np.empty((n_samples, n_c))
+    for s0 in range(0, n_samples, step):
+        part = flat[s0 : s0 + step]
+        batch = np.repeat(part[:, None, :], n_c + 1, axis=1)  # (B, C+1, D); slot 0 = unmasked
+        for c, g in enumerate(cands.groups):
+            batch[:, c + 1, g] = b[g]
+        outs = predict(batch.reshape((len(part) * (n_c + 1), *X.shape[1:])))
+        rows = np.repeat(np.arange(s0, s0 + len(part)), n_c + 1)
+        vals = value_of(outs, rows).reshape(len(part), n_c + 1)
+        scores[s0 : s0 + len(part)] = np.abs(vals[:, :1] - vals[:, 1:])
+    return scores
 
 
 def resolve_named(names: Sequence[str], cands: Candidates, what: str) -> list[int]:

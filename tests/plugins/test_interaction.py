@@ -615,3 +615,42 @@ def test_plugin_registers_and_imports_cheaply():
             "print(any(m in sys.modules for m in ('numpy', 'torch', 'matplotlib', 'scipy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------------------ solver policy
+def test_solver_choice_follows_the_verified_spec():
+    from governance_plugins.interaction.solvers import choose
+
+    assert choose("auto", 10, 2) == "lp" and choose("auto", 10, 3) == "lp"
+    assert choose("auto", 11, 2) == "smooth_lbfgs" and choose("auto", 10, 4) == "smooth_lbfgs"
+    assert choose("auto", 12, 1) == "lp" and choose("auto", 13, 1) == "smooth_lbfgs"
+    assert choose("lbfgs", 5, 2) == "smooth_lbfgs" and choose("sgd", 5, 2) == "reference"
+    with pytest.raises(ValueError):
+        choose("adam", 5, 2)
+
+
+def test_smoothed_solver_warm_start_never_worse_than_the_plug_in_point():
+    from governance_plugins.interaction.solvers import plug_in_start, solve
+
+    problem = o10_problem()
+    singles = [solve_lp(problem.single(i)) for i in range(2)]
+    _, start_loss = plug_in_start(problem, singles)
+    sol = solve(problem, "smooth_lbfgs", singles=singles)
+    assert 6.58 - 1e-9 <= sol.loss <= start_loss + 1e-12
+    assert sol.matching_error <= 1e-9 and not sol.exact
+
+
+def test_inexact_solver_through_the_method_reports_its_gap(tmp_path):
+    from governance.testing.models import as_loaded
+    from governance_plugins.interaction.method import InteractionMethod
+
+    f, g = _F.modules()
+    data = Dataset(X=np.ones((1, 7), np.float32), feature_names=[f"x{i}" for i in range(7)])
+    res = InteractionMethod().explain(_ctx(as_loaded(f, (7,), name="f"), data, tmp_path,
+                                           [as_loaded(g, (7,), name="g")], **{**O16_CONFIG, "solver": "lbfgs"}))
+    joint = res.tables["solver"][0]
+    assert joint["solver"] == "smooth_lbfgs" and not joint["exact"]
+    assert 8.65 - 1e-9 <= joint["loss"] < joint["loss_gamma0"]
+    assert joint["lower_bound"] == pytest.approx(6.0 + 0.1 * 11.5)  # max L4* + α·Σ L4* (O13)
+    assert res.metrics["lower_bound_gap"] >= 0 and res.metrics["exact_fraction"] == 0.0
+    assert any("not exact" in w for w in res.warnings)
