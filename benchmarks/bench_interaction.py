@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, rt, model, _peer, ds, batch in nets:
         big = "ResNet" in label and not args.quick
         n = args.throughput_n or (7 if big else (8 if args.quick else 12))
-        r = throughput(model, ds, n, batch, 3 if big else repeats)
+        r = throughput(model, ds, n, batch, 5 if big else repeats)
         print(f"{label:<28} {rt:<12} {r['rows']:>6} {r['plain_per_s']:>10.1f} {r['masked_per_s']:>10.1f} "
               f"{r['ratio']:>6.2f} {r['ratio_best']:>6.2f} {100 * r['overhead_share']:>11.1f}%", flush=True)
 

@@ -55,7 +55,7 @@ def extract(v: np.ndarray, tau_gamma: np.ndarray, *, alpha: float = 0.1, weighti
     if problem.m == 1:
         joint = trad[0]
     else:
-        joint = solve(problem, solver, settings, singles=[t for t in trad if t.exact] or None)
+        joint = solve(problem, solver, settings)
         joint.lower_bound = joint.loss if joint.exact else bound
     a_j, o_j = merge_singletons(joint.i_and, joint.i_or)
     a_t = o_t = None

@@ -629,17 +629,6 @@ def test_solver_choice_follows_the_verified_spec():
         choose("adam", 5, 2)
 
 
-def test_smoothed_solver_warm_start_never_worse_than_the_plug_in_point():
-    from governance_plugins.interaction.solvers import plug_in_start, solve
-
-    problem = o10_problem()
-    singles = [solve_lp(problem.single(i)) for i in range(2)]
-    _, start_loss = plug_in_start(problem, singles)
-    sol = solve(problem, "smooth_lbfgs", singles=singles)
-    assert 6.58 - 1e-9 <= sol.loss <= start_loss + 1e-12
-    assert sol.matching_error <= 1e-9 and not sol.exact
-
-
 def test_inexact_solver_through_the_method_reports_its_gap(tmp_path):
     from governance.testing.models import as_loaded
     from governance_plugins.interaction.method import InteractionMethod
