@@ -9,7 +9,7 @@ per-coordinate label (variable index, or n for background) by one fancy-indexing
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -194,6 +194,3 @@ def resolve_named(names: Sequence[str], cands: Candidates, what: str) -> list[in
         raise MethodError(f"the {what} list repeats a name: {list(names)}", hint="name each variable once")
     return [cands.index(nm) for nm in names]
 
-
-def describe_groups(cands: Candidates, chosen: list[int]) -> list[dict[str, Any]]:
-    return [{"name": cands.names[c], "size": int(len(cands.groups[c]))} for c in chosen]

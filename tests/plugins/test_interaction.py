@@ -643,3 +643,19 @@ def test_inexact_solver_through_the_method_reports_its_gap(tmp_path):
     assert joint["lower_bound"] == pytest.approx(6.0 + 0.1 * 11.5)  # max L4* + α·Σ L4* (O13)
     assert res.metrics["lower_bound_gap"] >= 0 and res.metrics["exact_fraction"] == 0.0
     assert any("not exact" in w for w in res.warnings)
+
+
+def test_reference_sgd_that_barely_moves_is_flagged(tmp_path):
+    from governance.testing.models import as_loaded
+    from governance_plugins.interaction.method import InteractionMethod
+
+    f, g = _F.modules()
+    data = Dataset(X=np.ones((1, 7), np.float32), feature_names=[f"x{i}" for i in range(7)])
+    cfg = {**O16_CONFIG, "solver": "sgd", "sgd_iterations": 50, "sgd_lr": 1e-7}
+    res = InteractionMethod().explain(_ctx(as_loaded(f, (7,), name="f"), data, tmp_path,
+                                           [as_loaded(g, (7,), name="g")], **cfg))
+    joint = res.tables["solver"][0]
+    assert joint["solver"] == "reference" and joint["loss_gamma0"] == pytest.approx(20.95, abs=1e-6)  # O16
+    assert joint["reduction"] < 0.05
+    assert any("stayed near 50/50" in w for w in res.warnings)
+    assert res.metrics["universal_matching_error"] <= 1e-9
