@@ -659,3 +659,20 @@ def test_reference_sgd_that_barely_moves_is_flagged(tmp_path):
     assert joint["reduction"] < 0.05
     assert any("stayed near 50/50" in w for w in res.warnings)
     assert res.metrics["universal_matching_error"] <= 1e-9
+
+
+def test_chunked_pipelined_evaluation_equals_one_batch():
+    from governance_plugins.interaction.variables import evaluate_masked
+
+    rng = np.random.default_rng(8)
+    n, d = 11, 13
+    x, b = rng.normal(size=d).astype(np.float32), rng.normal(size=d).astype(np.float32)
+    groups = [np.array([j]) for j in range(n)]  # coordinates 11, 12 are background
+    labels = VariableSet([f"x{j}" for j in range(n)], groups, list(range(n)), "test").labels(d)
+    w = rng.normal(size=(d, 3)).astype(np.float32)
+    predicts = [lambda z: z @ w, lambda z: np.tanh(z) @ w]
+    values = [lambda o: o[:, 0].astype(np.float64), lambda o: o[:, 1].astype(np.float64)]
+    full = build_masked(x, b, labels, n, np.arange(1 << n))
+    expected = np.stack([values[0](predicts[0](full)), values[1](predicts[1](full))])
+    for chunk in (1 << n, 300, 64):
+        np.testing.assert_allclose(evaluate_masked(predicts, x, b, labels, n, values, chunk), expected, rtol=1e-6)
