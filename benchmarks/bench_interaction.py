@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['extract_s']:>9.1f} {r['solver']:<13} {r['loss']:>9.3g} {r['loss_gamma0']:>9.3g} "
                       f"{100 * r['gap']:>6.1f}% {r['joint_s']:>7.2f} {r['trad_s']:>7.2f}", flush=True)
     print("\nratio = masked-input throughput / plain forward throughput, medians of interleaved repeats (target "
-          ">= 0.9); best = the same with the fastest repeat of each (less sensitive to other load); mask+v share = time to "
+          ">= 0.9); best = the same with the fastest repeat of each (less sensitive to other load); mask+v share = CPU time to "
           "build the masked inputs and compute v, as a share of the masked run. gap = relative gap of the joint "
           "loss to the certified lower bound (0 for the exact LP). s = mean transferability (AND, OR) of the "
           "joint (Eq. 6) and per-model (Eq. 4) extractions.")

@@ -50,7 +50,7 @@ def plan(n: int, m: int, n_samples: int, sample_bytes: int, solvers: dict[str, s
     size = 1 << n
     solve = max(solver_bytes(n, mm, s) for mm, s in ((m, solvers["joint"]), (1, solvers["single"])))
     cache = n_samples * m * size * 8 * 8  # v, 2 joint + 2 traditional interaction vectors, γ̂, q, spare
-    per_row = sample_bytes * 3 + 64  # this chunk and the next (built ahead), the keep mask, the outputs
+    per_row = sample_bytes * 2 + 64  # the masked input, the keep mask and the outputs
     minimum = min(size, MIN_CHUNK) * per_row
     fixed = solve + cache
     parts = {"solver": solve, "cache": cache, "masked inputs (smallest chunk)": minimum,

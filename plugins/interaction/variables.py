@@ -102,11 +102,14 @@ class VariableSet:
 
 def build_masked(x: np.ndarray, baseline: np.ndarray, labels: np.ndarray, n: int,
                  subsets: np.ndarray) -> np.ndarray:
-    """x_T for each subset index in ``subsets``: (len(subsets), *x.shape), in x's dtype."""
-    bits = subset_bits(n, subsets)
-    keep = np.concatenate([bits, np.ones((len(subsets), 1), dtype=bool)], axis=1)[:, labels]
-    flat = np.where(keep, x.reshape(1, -1), baseline.reshape(1, -1))
-    return flat.reshape((len(subsets), *x.shape)).astype(x.dtype, copy=False)
+    """x_T for each subset index in ``subsets``: (len(subsets), *x.shape), in x's dtype, C-contiguous.
+
+    ``take`` keeps the mask (and so the result) in C order; plain fancy indexing ``bits[:, labels]`` returns a
+    Fortran-ordered array, which ONNX Runtime then copies batch by batch (10 % slower on the digits CNN)."""
+    bits = np.concatenate([subset_bits(n, subsets), np.ones((len(subsets), 1), dtype=bool)], axis=1)
+    keep = np.take(bits, labels, axis=1)
+    flat = np.where(keep, x.reshape(1, -1), baseline.reshape(1, -1)).astype(x.dtype, copy=False)
+    return flat.reshape((len(subsets), *x.shape))
 
 
 # ------------------------------------------------------------------------------------------ output v
@@ -147,38 +150,16 @@ def predicted_class(outputs: np.ndarray) -> np.ndarray:
 def evaluate_masked(predicts: Sequence[Callable[[np.ndarray], np.ndarray]], x: np.ndarray, baseline: np.ndarray,
                     labels: np.ndarray, n: int, values: Sequence[Callable[[np.ndarray], np.ndarray]],
                     chunk_rows: int) -> np.ndarray:
-    """v(x_T) of every model for all 2ⁿ subsets T in bitmask order: (m, 2ⁿ) float64.
-
-    The masked inputs are built once per chunk and fed to every model (forward only). The next chunk is built
-    on a helper thread while the models run on the current one (NumPy and ONNX Runtime release the GIL), so
-    building the inputs costs almost no wall time; chunks are at most ``chunk_rows`` rows and, for 2ⁿ ≥ 2048,
-    at least 8 per sample so that there is something to overlap."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """v(x_T) of every model for all 2ⁿ subsets T, returned in bitmask order: (m, 2ⁿ) float64. The masked
+    inputs are built once per chunk of at most ``chunk_rows`` subsets and fed to every model (forward only)."""
     total = 1 << n
     out = np.empty((len(predicts), total), dtype=np.float64)
     step = max(1, min(int(chunk_rows), total))
-    if total >= 2048:
-        step = min(step, max(256, total // 8))
-    starts = list(range(0, total, step))
-
-    def make(start: int) -> tuple[np.ndarray, np.ndarray]:
+    for start in range(0, total, step):
         idx = np.arange(start, min(start + step, total))
-        return idx, build_masked(x, baseline, labels, n, idx)
-
-    if len(starts) == 1:
-        idx, batch = make(0)
+        batch = build_masked(x, baseline, labels, n, idx)
         for i, (predict, value) in enumerate(zip(predicts, values)):
             out[i, idx] = value(predict(batch))
-        return out
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="interaction-masks") as pool:
-        pending = pool.submit(make, starts[0])
-        for k in range(len(starts)):
-            idx, batch = pending.result()
-            if k + 1 < len(starts):
-                pending = pool.submit(make, starts[k + 1])
-            for i, (predict, value) in enumerate(zip(predicts, values)):
-                out[i, idx] = value(predict(batch))
     return out
 
 

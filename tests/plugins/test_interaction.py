@@ -676,3 +676,11 @@ def test_chunked_pipelined_evaluation_equals_one_batch():
     expected = np.stack([values[0](predicts[0](full)), values[1](predicts[1](full))])
     for chunk in (1 << n, 300, 64):
         np.testing.assert_allclose(evaluate_masked(predicts, x, b, labels, n, values, chunk), expected, rtol=1e-6)
+
+
+def test_masked_inputs_are_c_contiguous():
+    img = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    cands = patch_candidates(img.shape, (4, 4))
+    vs = VariableSet(cands.names[:5], cands.groups[:5], list(range(5)), "test")
+    masked = build_masked(img, np.zeros_like(img), vs.labels(img.size), 5, np.arange(32))
+    assert masked.flags["C_CONTIGUOUS"] and masked.dtype == np.float32
