@@ -102,6 +102,15 @@ def test_explain_many_returns_or_raises_per_model_errors(registry, test_plugins,
         governance.api.explain_many([bad], tracking_uri=registry.uri, experiment="exec-local-errors")
 
 
+def test_cli_several_models_reports_each_and_keeps_going(registry, test_plugins, cli_invoke):
+    code, out, err = cli_invoke("run", "models:/digits-cnn/99", URIS[0], "--methods", "occlusion",
+                                "--tracking-uri", registry.uri, "--experiment", "exec-cli-partial", "--json")
+    assert code == ModelResolutionError.exit_code, err
+    assert "error: models:/digits-cnn/99: registered model 'digits-cnn' has no version 99" in err
+    runs = json.loads(out)
+    assert [r["model"]["name"] for r in runs] == ["digits-cnn"] and runs[0]["status"] == "ok"
+
+
 # ----------------------------------------------------------------------------------------------- ray
 @pytest.fixture(scope="module")
 def ray_executor(tmp_path_factory):

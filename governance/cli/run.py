@@ -70,37 +70,6 @@ def print_run_summary(run: Any) -> None:
         console.print(f"local copy: {run.workdir}")
 
 
-def execute_many(model_uris: tuple[str, ...], executor: str, *, as_json: bool, **options: Any) -> None:
-    """Several models (or any non-local executor): fan out, print each outcome, exit with the worst."""
-    from governance.api import explain_many
-    from governance.cli import EXIT_METHODS_FAILED
-    from governance.errors import GovernanceError
-
-    outcomes = explain_many(
-        list(model_uris), executor=executor, return_exceptions=True, methods=split_csv(options["methods"]),
-        data=options["data"], target=options["target"], peers=split_csv(options["peers"]),
-        config=method_config(options["config_file"], options["overrides"]), device=options["device"],
-        seed=options["seed"], max_samples=options["max_samples"], experiment=options["experiment"],
-        force=options["force"], plugins=split_csv(options["plugins"]), tracking_uri=options["tracking_uri"],
-        invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None,
-    )
-    errors = [(uri, o) for uri, o in zip(model_uris, outcomes) if isinstance(o, BaseException)]
-    for uri, exc in errors:
-        if not isinstance(exc, GovernanceError):
-            raise exc
-        click.secho(f"error: {uri}: {exc}", fg="red", err=True)
-    runs = [o for o in outcomes if not isinstance(o, BaseException)]
-    if as_json:
-        echo_json([r.to_dict() for r in runs])
-    else:
-        for run in runs:
-            print_run_summary(run)
-    if errors:
-        sys.exit(errors[0][1].exit_code)
-    if any(r.status != "ok" for r in runs):
-        sys.exit(EXIT_METHODS_FAILED)
-
-
 @click.command("run")
 @click.argument("model_uris", nargs=-1, required=True, metavar="MODEL_URI...")
 @run_options
@@ -116,11 +85,14 @@ def run_cmd(model_uris: tuple[str, ...], methods: str | None, data: str | None, 
     explanations, metrics and figures to a new MLflow run linked to the model version.
 
     Exit code 0 when every selected method ran (or was skipped with a reason), 10 when some failed. With
-    several models, --json prints a list and the exit code is the worst of them.
+    several models, --json prints a list, and a model that cannot be run is reported without stopping the
+    others (the exit code is then that error's).
     """
     from governance.cli import EXIT_METHODS_FAILED
 
     if len(model_uris) > 1 or executor != "local":
+        from governance.cli.many import execute_many
+
         execute_many(model_uris, executor, as_json=as_json, methods=methods, data=data, target=target, peers=peers,
                      config_file=config_file, overrides=overrides, device=device, seed=seed,
                      max_samples=max_samples, experiment=experiment, force=force, plugins=plugins,
