@@ -89,8 +89,11 @@ def main() -> None:
         get_plugin_host(refresh=True)
         t = time.perf_counter()
         tracking, uris, data = register_models(root, n_eval)
+        import torch
+
         print(f"setup: 4 models registered in {time.perf_counter() - t:.1f} s; methods {', '.join(methods)}; "
-              f"{n_eval} samples; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+              f"{n_eval} samples; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch threads "
+              f"here {torch.get_num_threads()}, in each Ray worker 1 (Ray sets OMP_NUM_THREADS per task)")
 
         import governance.api as api
         from governance.executor import LocalExecutor, RayExecutor

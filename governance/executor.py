@@ -78,27 +78,36 @@ def _settle(outcomes: list[Any], return_exceptions: bool) -> list[Any]:
 
 @contextlib.contextmanager
 def pinned_store(tracking_uri: str | None) -> Iterator[None]:
-    """Make ``tracking_uri`` MLflow's process default for the duration (``MLFLOW_TRACKING_URI`` and
-    ``MLFLOW_REGISTRY_URI``), unless the caller already chose one.
+    """Make ``tracking_uri`` MLflow's process-wide tracking and registry store for the duration, then
+    restore exactly what was there (globals and ``MLFLOW_*`` variables).
 
     ``mlflow.artifacts.download_artifacts("models:/...", tracking_uri=...)`` resolves the model version
-    through a client built on the process defaults, not on ``tracking_uri``, so a fresh worker process
-    would look the model up in ``./mlflow.db`` (and create that file). Jobs pin the store here.
+    through clients built on the process-wide defaults, not on ``tracking_uri``: a fresh worker process would
+    look the model up in ``./mlflow.db`` (and create that file), and a process whose default points at
+    another store would look there. Jobs pin their store here.
     """
+    if not tracking_uri:
+        yield
+        return
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    chosen = getattr(tracking_utils, "is_tracking_uri_set", lambda: True)()  # mlflow.set_tracking_uri ran
-    if not tracking_uri or chosen or any(os.environ.get(n) for n in names):
-        yield
-        return
-    for name in names:
-        os.environ[name] = tracking_uri
+    saved_env = {n: os.environ.get(n) for n in names}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
-        for name in names:
-            os.environ.pop(name, None)
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class LoadedOnce:
@@ -222,6 +231,21 @@ class RayExecutor(Executor):
         cpus = self._resources().get("CPU", 1.0)
         return max(1, min(wanted, int(cpus // self.cpus_per_worker) or 1))
 
+    def pool_size(self, n_batches: int) -> int:
+        """Prediction actors: ``workers`` if set, else one per batch, capped by the CPUs and by the GPUs (one
+        actor per GPU by default, ``1 / gpus_per_worker`` actors per GPU when that is set)."""
+        res = self._resources()
+        cap = int(res.get("CPU", 1.0) // self.cpus_per_worker) or 1
+        gpus = res.get("GPU", 0.0)
+        if self.gpus_per_worker:
+            if gpus <= 0:
+                raise ConfigError(f"gpus_per_worker={self.gpus_per_worker} but the Ray cluster has no GPU",
+                                  hint="leave gpus_per_worker unset on CPU-only clusters")
+            cap = min(cap, int(gpus // self.gpus_per_worker) or 1)
+        elif gpus > 0 and self.gpus_per_worker is None:
+            cap = min(cap, int(gpus) or 1)
+        return max(1, min(self.workers or n_batches, cap))
+
     def gpu_fraction(self, concurrent: int) -> float:
         """GPUs per worker: the explicit setting, else the cluster's GPUs shared by ``concurrent`` workers
         (rounded down to 1/100 so that the shares fit), else 0."""
@@ -263,8 +287,7 @@ class RayExecutor(Executor):
         if len(X) == 0:
             raise ConfigError("predict_sharded got no samples")
         bs = int(batch_size or 256)
-        n_batches = math.ceil(len(X) / bs)
-        workers = self._concurrent_workers(self.workers or n_batches)
+        workers = self.pool_size(math.ceil(len(X) / bs))
         # one shard per batch, so that every worker gets work; order is preserved end to end
         shards = [X[i : i + bs] for i in range(0, len(X), bs)]
         ds = ray.data.from_numpy(shards)

@@ -59,9 +59,15 @@ def store(tmp_path_factory):
     from governance.testing.conformance import reference_model
     from governance.testing.models import export_onnx
 
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    # the process-wide store and experiment of other tests must not move (restored exactly below)
+    saved = (tracking_utils._tracking_uri, fluent._active_experiment_id)
     root = tmp_path_factory.mktemp("evalstore")
     uri = f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("evaluator-models")  # the process may hold another store's active experiment
     mlp, bc = reference_model("bc-mlp")
     cnn, digits = reference_model("digits-cnn")
     W = np.random.default_rng(0).standard_normal((2, 30)).astype(np.float32)
@@ -74,8 +80,10 @@ def store(tmp_path_factory):
                                                       pip_requirements=["onnx"]).model_uri
         models["pyfunc"] = mlflow.pyfunc.log_model(name="linear", python_model=LinearLogits(W),
                                                    input_example=bc.X[:2], pip_requirements=["numpy"]).model_uri
-    return {"uri": uri, "models": models, "mlp": mlp, "cnn": cnn, "W": W, "bc": bc, "digits": digits,
-            "run_id": run.info.run_id}
+    yield {"uri": uri, "models": models, "mlp": mlp, "cnn": cnn, "W": W, "bc": bc, "digits": digits,
+           "run_id": run.info.run_id}
+    mlflow.set_tracking_uri(saved[0])  # None (unset) included
+    fluent._active_experiment_id = saved[1]
 
 
 @pytest.fixture
@@ -88,6 +96,7 @@ def methods(test_plugins):
 def _evaluate(store, model_key, X, y, config, *, as_list=True):
     """With a list of evaluators MLflow wants the config keyed by evaluator name; with one name, not."""
     mlflow.set_tracking_uri(store["uri"])
+    mlflow.set_experiment("evaluations")
     with mlflow.start_run() as run:
         result = mlflow.models.evaluate(store["models"][model_key], X, targets=y, model_type="classifier",
                                         evaluators=["governance"] if as_list else "governance",

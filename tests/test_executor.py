@@ -102,6 +102,33 @@ def test_explain_many_returns_or_raises_per_model_errors(registry, test_plugins,
         governance.api.explain_many([bad], tracking_uri=registry.uri, experiment="exec-local-errors")
 
 
+def test_jobs_pin_their_store_and_restore_the_process_defaults(registry, test_plugins, tmp_path, monkeypatch):
+    """A process whose MLflow defaults point at another store (a notebook, an earlier test) still explains
+    the models of the store the job names; the defaults come back unchanged."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from governance.executor import pinned_store
+
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
+    raw = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", elsewhere)
+    try:
+        mlflow.set_tracking_uri(elsewhere)
+        registry_utils._registry_uri = elsewhere
+        with pinned_store(registry.uri):
+            assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == registry.uri
+        assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == elsewhere
+        assert os.environ["MLFLOW_REGISTRY_URI"] == elsewhere
+        runs = governance.api.explain_many([URIS[0]], methods=["occlusion"], tracking_uri=registry.uri,
+                                           experiment="exec-pinned", workdir=tmp_path / "w")
+        assert runs[0].status == "ok" and runs[0].model["name"] == "digits-cnn"
+    finally:
+        mlflow.set_tracking_uri(raw[0])
+        registry_utils._registry_uri = raw[1]
+
+
 def test_cli_several_models_reports_each_and_keeps_going(registry, test_plugins, cli_invoke):
     code, out, err = cli_invoke("run", "models:/digits-cnn/99", URIS[0], "--methods", "occlusion",
                                 "--tracking-uri", registry.uri, "--experiment", "exec-cli-partial", "--json")
@@ -185,13 +212,14 @@ def test_ray_predict_sharded_matches_local(ray_executor, registry):
 
 
 @needs_ray
-def test_cli_runs_several_models_on_ray(ray_executor, registry, test_plugins, cli_invoke):
-    code, out, err = cli_invoke("run", URIS[0], URIS[1], "--executor", "ray", "--methods", "occlusion",
+def test_cli_runs_on_ray(ray_executor, registry, test_plugins, cli_invoke):
+    """`--executor ray` with one model: one Ray task, and --json prints that run (a dict, as without Ray)."""
+    code, out, err = cli_invoke("run", URIS[1], "--executor", "ray", "--methods", "occlusion",
                                 "--tracking-uri", registry.uri, "--experiment", "exec-cli-ray", "--json")
     assert code == 0, err
-    runs = json.loads(out)
-    assert [r["model"]["name"] for r in runs] == ["digits-cnn", "bc-mlp"]
-    assert all(r["status"] == "ok" and r["explanations"][0]["method"] == "occlusion" for r in runs)
+    run = json.loads(out)
+    assert run["model"]["name"] == "bc-mlp" and run["status"] == "ok"
+    assert run["explanations"][0]["method"] == "occlusion" and run["explanations"][0]["status"] == "ok"
 
 
 @needs_ray
@@ -203,6 +231,22 @@ def test_gpu_fractions_split_the_cluster_gpus(ray_executor, monkeypatch):
     assert ray_executor.gpu_fraction(1) == 1.0
     monkeypatch.setattr(ray_executor, "_resources", lambda: {"CPU": 16.0, "GPU": 8.0})
     assert ray_executor.gpu_fraction(4) == 1.0
+
+
+def test_prediction_pool_follows_cpus_and_gpus(monkeypatch):
+    ex = RayExecutor.__new__(RayExecutor)  # no cluster needed: resources are given
+    ex.cpus_per_worker, ex.workers, ex.gpus_per_worker = 1.0, None, None
+    monkeypatch.setattr(ex, "_resources", lambda: {"CPU": 2.0})
+    assert ex.pool_size(10) == 2 and ex.pool_size(1) == 1 and ex.gpu_fraction(2) == 0.0
+    monkeypatch.setattr(ex, "_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    assert ex.pool_size(10) == 2 and ex.gpu_fraction(ex.pool_size(10)) == 1.0  # one actor per GPU
+    ex.gpus_per_worker = 0.25  # small models: four actors share each GPU
+    assert ex.pool_size(10) == 8 and ex.gpu_fraction(8) == 0.25
+    ex.workers = 3
+    assert ex.pool_size(10) == 3
+    monkeypatch.setattr(ex, "_resources", lambda: {"CPU": 16.0})
+    with pytest.raises(ConfigError, match="has no GPU"):
+        ex.pool_size(10)
 
 
 def test_explicit_gpu_share_wins():
