@@ -89,7 +89,7 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
-@pytest.mark.parametrize("doc", ["hooks.md", "plugin-authors.md"])
+@pytest.mark.parametrize("doc", ["hooks.md", "plugin-authors.md", "executors.md"])
 def test_python_examples_parse(doc):
     blocks = _python_blocks((ROOT / "docs" / doc).read_text())
     assert blocks
@@ -121,10 +121,28 @@ def test_documented_conformance_options_exist():
         assert hasattr(MethodConformance, attr), attr
 
 
-def test_documented_cli_options_exist():
+@pytest.mark.parametrize("doc", ["plugin-authors.md", "executors.md"])
+def test_documented_cli_options_exist(doc):
     from governance.cli.run import run_cmd
 
     options = {opt for p in run_cmd.params for opt in getattr(p, "opts", [])}
-    for opt in re.findall(r"governance run [^\n`]*", AUTHORS_MD):
-        for flag in re.findall(r"(--[a-z-]+)", opt):
+    commands = re.findall(r"governance run [^\n`]*", (ROOT / "docs" / doc).read_text())
+    assert commands
+    for command in commands:
+        for flag in re.findall(r"(--[a-z-]+)", command):
             assert flag in options, flag
+
+
+def test_documented_executor_options_exist():
+    import inspect as _inspect
+
+    from governance.api import explain, explain_many
+    from governance.executor import EXECUTORS, RayExecutor
+
+    text = (ROOT / "docs" / "executors.md").read_text()
+    assert set(re.findall(r"^\| `(\w+)`", text, re.M)) == set(EXECUTORS)
+    params = set()
+    for fn in (RayExecutor, RayExecutor.predict_sharded, explain_many, explain):  # explain_many passes kwargs on
+        params |= set(_inspect.signature(fn).parameters)
+    for used in re.findall(r"(\w+)=", "\n".join(_python_blocks(text))):
+        assert used in params, used
