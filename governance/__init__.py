@@ -3,7 +3,8 @@
 Public API (imported lazily so that ``governance --help`` stays fast)::
 
     from governance import hookimpl, Method, MethodConfig, MethodContext, Requirement, Explanation
-    from governance import explain, report        # the Python entry points
+    from governance import explain, report_model, load, resolve    # the Python entry points
+    from governance.report import build_report, verify_report       # reports from RunResults
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _LAZY = {
     "ModelVersionInfo": "governance.model",
     "TensorSpec": "governance.model",
     "explain": "governance.api",
-    "report": "governance.api",
+    "report_model": "governance.api",
     "resolve": "governance.api",
     "load": "governance.api",
 }

@@ -120,8 +120,13 @@ def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = Non
     return load_model(info, device=device, batch_size=batch_size, host=_host())
 
 
-def report(model_uri: str, **kwargs: Any) -> Any:
-    """Explain (or reuse) and render the compliance report. See :func:`governance.report.report_for_model`."""
+def report_model(model_uri: str, **kwargs: Any) -> Any:
+    """Explain (or reuse a finished identical run), render the compliance report, log it to MLflow and tag
+    the version. Keyword arguments: see :func:`governance.report.publish.report_for_model`."""
     from governance.report import report_for_model
 
     return report_for_model(model_uri, **kwargs)
+
+
+#: the name the CLI, the webhook worker and older notes use
+report = report_model

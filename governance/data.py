@@ -119,11 +119,12 @@ def _signature_columns(info: ModelVersionInfo) -> list[str] | None:
 
 def _from_registry(info: ModelVersionInfo, model: LoadedModel, tracking_uri: str | None,
                    download_dir: Path | None) -> Dataset:
-    """The source run's ``governance/eval.npz`` artifact, a ``governance.data_uri`` tag, or the input example."""
+    """A ``governance.data_uri`` version tag, the source run's ``governance/eval.npz`` artifact, a file-backed
+    dataset logged on the source run, or the model's input example, in that order."""
     tried = []
     uri = info.tags.get("governance.data_uri")
     if info.run_id and tracking_uri and not uri:
-        uri = _run_eval_artifact(info.run_id, tracking_uri)
+        uri = _run_eval_artifact(info.run_id, tracking_uri) or _run_logged_dataset(info.run_id, tracking_uri)
     if uri:
         import mlflow.artifacts
 
@@ -153,6 +154,30 @@ def _from_registry(info: ModelVersionInfo, model: LoadedModel, tracking_uri: str
         hint="pass --data FILE (.npz with X[, y], .csv or .parquet), or log the evaluation data as the source "
         "run's artifact governance/eval.npz, or log the model with an input_example",
     )
+
+
+def _run_logged_dataset(run_id: str, tracking_uri: str) -> str | None:
+    """The first dataset logged on the source run (``mlflow.log_input``) whose source is a file we can read."""
+    from governance.tracking import client
+
+    try:
+        run = client(tracking_uri).get_run(run_id)
+        inputs = run.inputs.dataset_inputs if run.inputs else []
+    except Exception:
+        return None
+    import json as _json
+
+    for di in inputs:
+        try:
+            source = _json.loads(di.dataset.source)
+        except Exception:
+            continue
+        for key in ("uri", "path", "url"):
+            value = source.get(key) if isinstance(source, dict) else None
+            if isinstance(value, str) and Path(value.split("://")[-1]).suffix.lower() in (".npz", ".npy", ".csv",
+                                                                                           ".parquet", ".pq"):
+                return value
+    return None
 
 
 def _run_eval_artifact(run_id: str, tracking_uri: str) -> str | None:

@@ -46,6 +46,7 @@ class ModelVersionInfo:
     aliases: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     description: str | None = None
+    registered_model_description: str | None = None
     created_at: str | None = None
     status: str | None = None
     flavors: dict[str, dict[str, Any]] = field(default_factory=dict)

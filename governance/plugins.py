@@ -6,8 +6,9 @@ by ``governance plugins`` and in reports), never fatal, unless strict mode is on
 (``GOVERNANCE_STRICT_PLUGINS=1``, for plugin developers).
 
 Selection, in this order: ``GOVERNANCE_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry points at all;
-an allow-list (``--plugins a,b`` or ``GOVERNANCE_PLUGINS=a,b``) loads only those; a block-list
-(``GOVERNANCE_BLOCK_PLUGINS=a,b`` or ``plugins.block`` in the config file) skips those. Names are the
+an allow-list (``--plugins a,b``, ``GOVERNANCE_PLUGINS=a,b`` or ``plugins.allow`` in the settings file) loads
+only those; a block-list (``GOVERNANCE_BLOCK_PLUGINS=a,b`` or ``plugins.block`` in the settings file, see
+:mod:`governance.config`) skips those. Names are the
 entry-point names, the same names ``--methods`` takes.
 """
 
@@ -79,8 +80,21 @@ class PluginHost:
         self.strict = strict if strict is not None else env.get("GOVERNANCE_STRICT_PLUGINS", "") not in ("", "0")
         if autoload is None:
             autoload = env.get("GOVERNANCE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
-        self.allow = list(allow) if allow is not None else _split(env.get("GOVERNANCE_PLUGINS"))
-        self.block = set(block if block is not None else (_split(env.get("GOVERNANCE_BLOCK_PLUGINS")) or []))
+        from governance.config import setting
+
+        if allow is not None:
+            self.allow = list(allow)
+        elif "GOVERNANCE_PLUGINS" in env:
+            self.allow = _split(env["GOVERNANCE_PLUGINS"])
+        else:
+            file_allow = setting("plugins.allow")
+            self.allow = list(file_allow) if file_allow is not None else None
+        if block is not None:
+            self.block = set(block)
+        elif "GOVERNANCE_BLOCK_PLUGINS" in env:
+            self.block = set(_split(env["GOVERNANCE_BLOCK_PLUGINS"]) or [])
+        else:
+            self.block = set(setting("plugins.block") or [])
         essential = {m.rsplit(".", 1)[-1] for m in ESSENTIAL_PLUGINS} | set(ESSENTIAL_PLUGINS)
         if bad := sorted(self.block & essential):
             raise ConfigError(f"plugin(s) {', '.join(bad)} are part of the host and cannot be blocked")

@@ -119,8 +119,10 @@ def _lookup_version(client: Any, ref: ModelRef) -> Any:
         if ref.kind == "latest":
             versions = client.search_model_versions(f"name='{ref.name}'")
             if not versions:
+                from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
                 raise MlflowException(f"Registered Model with name={ref.name} not found",
-                                      error_code="RESOURCE_DOES_NOT_EXIST")
+                                      error_code=RESOURCE_DOES_NOT_EXIST)
             newest = max(versions, key=lambda mv: int(mv.version))
             return client.get_model_version(ref.name, newest.version)
         return client.get_model_version(ref.name, ref.version)
@@ -219,12 +221,13 @@ def resolve(uri: str, *, tracking_uri: str, download_dir: Path) -> ModelVersionI
         info.status = mv.status
         if mv.creation_timestamp:
             info.created_at = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).isoformat()
-        if not info.aliases:  # search results may omit aliases: read them from the registered model
-            try:
-                rm = client.get_registered_model(mv.name)
+        try:  # aliases may be missing from version records; the model-level description lives here
+            rm = client.get_registered_model(mv.name)
+            if not info.aliases:
                 info.aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == info.version)
-            except Exception:
-                pass
+            info.registered_model_description = rm.description or None
+        except Exception:
+            pass
         folder = _download(client, f"models:/{mv.name}/{mv.version}", download_dir / f"{mv.name}-v{mv.version}")
     meta = _read_mlmodel(folder)
     if not info.run_id:

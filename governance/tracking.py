@@ -11,8 +11,12 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
-    """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > the embedded default ``sqlite:///mlflow.db``."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > the settings file > the embedded ``sqlite:///mlflow.db``."""
+    if explicit or os.environ.get("MLFLOW_TRACKING_URI"):
+        return explicit or os.environ["MLFLOW_TRACKING_URI"]
+    from governance.config import setting
+
+    return setting("tracking_uri") or DEFAULT_TRACKING_URI
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

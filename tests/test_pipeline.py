@@ -141,3 +141,66 @@ def test_bad_input_fails_clearly_and_writes_nothing(registry, test_plugins, tmp_
     assert err.value.hint, "every user-facing error carries a fix"
     assert _run_ids(registry, "bad-input") == before_runs
     assert dict(registry.client().get_model_version("digits-cnn", "1").tags) == before_tags
+
+
+def test_logged_dataset_of_the_source_run_is_used(registry, test_plugins, tmp_path):
+    import mlflow
+
+    from governance.testing.models import trained_breast_cancer_mlp
+
+    mlp, ds = trained_breast_cancer_mlp(epochs=2)
+    csv = tmp_path / "eval.csv"
+    import pandas as pd
+
+    frame = pd.DataFrame(ds.X[:40], columns=ds.feature_names)
+    frame["target"] = ds.y[:40]
+    frame.to_csv(csv, index=False)
+    mlflow.set_tracking_uri(registry.uri)
+    with mlflow.start_run():
+        mlflow.log_input(mlflow.data.from_pandas(frame, source=str(csv), targets="target"), context="evaluation")
+        mlflow.pytorch.log_model(mlp, name="model", input_example=ds.X[:2], pip_requirements=["torch"],
+                                 registered_model_name="bc-logged-dataset")
+    run = governance.explain("models:/bc-logged-dataset/1", methods=["occlusion"], tracking_uri=registry.uri,
+                             experiment="logged-dataset", workdir=tmp_path / "w")
+    assert run.data["source"] == str(csv) and run.data["n_samples"] == 40 and run.data["has_labels"]
+    assert run.data["feature_names"][0] == ds.feature_names[0]
+
+
+def test_failed_upload_marks_run_failed_and_keeps_results(registry, test_plugins, tmp_path, monkeypatch):
+    from governance.sink import MlflowSink
+
+    real = MlflowSink.log_explanation
+
+    def flaky(self, run_id, explanation, folder, model_id):
+        if explanation.method == "occlusion":
+            raise OSError("artifact store unavailable (injected)")
+        return real(self, run_id, explanation, folder, model_id)
+
+    monkeypatch.setattr(MlflowSink, "log_explanation", flaky)
+    with pytest.raises(TrackingError) as err:
+        governance.explain("models:/digits-cnn/1", methods=["occlusion"], data=registry.data["digits"],
+                           tracking_uri=registry.uri, experiment="upload-fail", workdir=tmp_path, force=True)
+    assert str(tmp_path) in err.value.hint
+    assert (tmp_path / "explanations" / "occlusion" / "arrays.npz").is_file()
+    (mlrun,) = registry.runs("upload-fail")
+    assert mlrun.info.status == "FAILED" and mlrun.data.tags["governance.status"] == "failed"
+
+
+def test_settings_file_sets_defaults_and_block_list(registry, test_plugins, tmp_path, monkeypatch):
+    from governance.plugins import PluginHost
+    from governance.tracking import resolve_tracking_uri
+
+    cfg = tmp_path / "governance.toml"
+    cfg.write_text(f'tracking_uri = "{registry.uri}"\n[plugins]\nblock = ["testplugin"]\n')
+    monkeypatch.setenv("GOVERNANCE_CONFIG", str(cfg))
+    assert resolve_tracking_uri(None) == registry.uri
+    assert resolve_tracking_uri("sqlite:///other.db") == "sqlite:///other.db"
+    assert PluginHost().record("testplugin").status == "blocked"
+    monkeypatch.setenv("GOVERNANCE_BLOCK_PLUGINS", "")
+    assert PluginHost().record("testplugin").status == "loaded"  # the environment beats the file
+    cfg.write_text("trackin_uri = 'x'\n")
+    from governance.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trackin_uri"):
+        PluginHost()
+    monkeypatch.delenv("GOVERNANCE_CONFIG")

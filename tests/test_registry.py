@@ -62,6 +62,11 @@ def test_unknown_model_lists_registered_models(registry, tmp_path):
     assert "digits-cnn" in err.value.hint
 
 
+def test_latest_of_an_unknown_model_is_a_resolution_error(registry, tmp_path):
+    with pytest.raises(ModelResolutionError, match="no registered model named 'ghost'"):
+        resolve("models:/ghost/latest", tracking_uri=registry.uri, download_dir=tmp_path)
+
+
 def test_wrong_version_lists_versions_and_aliases(registry, tmp_path):
     with pytest.raises(ModelResolutionError) as err:
         resolve("models:/digits-cnn/99", tracking_uri=registry.uri, download_dir=tmp_path)

@@ -34,6 +34,7 @@ def say(msg: str) -> None:
 
 def train_versions(kind: str, epochs: tuple[int, int]):
     """Two versions: v1 under-trained, v2 trained longer (a realistic 'new version')."""
+    from governance.dataset import Dataset
     from governance.testing.models import (breast_cancer_dataset, digits_cnn, digits_dataset, tabular_mlp,
                                            train)
 
@@ -42,8 +43,8 @@ def train_versions(kind: str, epochs: tuple[int, int]):
     idx = rng.permutation(len(ds))
     n_test = len(ds) // 5
     test, train_idx = idx[:n_test], idx[n_test:]
-    train_ds = ds.subset(len(ds))
-    train_ds.X, train_ds.y = ds.X[train_idx], ds.y[train_idx]
+    train_ds = Dataset(X=ds.X[train_idx], y=ds.y[train_idx], feature_names=ds.feature_names,
+                       class_names=ds.class_names, modality=ds.modality, source=ds.source)
     versions = []
     for v, ep in enumerate(epochs, start=1):
         module = digits_cnn() if kind == "digits" else tabular_mlp(ds.n_features, 2)
@@ -116,7 +117,7 @@ def main() -> int:
     failures = 0
     for uri in ("models:/digits-cnn@champion", "models:/breast-cancer-mlp-onnx@champion"):
         say(f"explaining and reporting on {uri} ...")
-        result = governance.report(uri, tracking_uri=args.tracking_uri, out_dir=Path(args.out))
+        result = governance.report_model(uri, tracking_uri=args.tracking_uri, out_dir=Path(args.out))
         say(f"  report: {result.pdf}  (run {result.run_id}, status {result.status})")
         failures += result.status not in ("ok", "pass")
     say(f"done in {time.time() - t0:.0f} s. Open the PDFs under {args.out}/, or browse the runs with "

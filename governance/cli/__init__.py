@@ -23,6 +23,14 @@ COMMANDS: dict[str, str] = {
     "plugins": "governance.cli.info:plugins_cmd",
     "doctor": "governance.cli.info:doctor_cmd",
     "inspect": "governance.cli.info:inspect_cmd",
+    "report": "governance.cli.report:report_cmd",
+    "verify": "governance.cli.report:verify_cmd",
+    "policy": "governance.cli.report:policy_group",
+    "serve": "governance.cli.service:serve_cmd",
+    "jobs": "governance.cli.service:jobs_cmd",
+    "watch": "governance.cli.service:watch_cmd",
+    "schedule": "governance.cli.service:schedule_cmd",
+    "webhook": "governance.cli.service:webhook_cmd",
 }
 
 

@@ -11,6 +11,17 @@ import click
 from governance.errors import ConfigError
 
 
+def _from_settings(key: str, default: str) -> Callable[[], str]:
+    """A click default read from the settings file at parse time (governance.config)."""
+
+    def value() -> str:
+        from governance.config import setting
+
+        return str(setting(key, default))
+
+    return value
+
+
 def tracking_option(fn: Callable) -> Callable:
     return click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
                         help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db].")(fn)
@@ -33,12 +44,14 @@ def run_options(fn: Callable) -> Callable:
                      help="YAML/TOML file with per-method settings: {methods: {neflag: {n_samples: 8}}}."),
         click.option("--set", "overrides", multiple=True, metavar="METHOD.KEY=VALUE",
                      help="Override one method setting (repeatable), e.g. --set neflag.n_samples=8."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_from_settings("device", "auto"),
+                     show_default="auto",
                      help="cuda fails loudly when no GPU is really used."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--max-samples", type=click.IntRange(1), default=512, show_default=True,
                      help="Cap on the samples handed to the methods."),
-        click.option("--experiment", default="governance", show_default=True, help="MLflow experiment for the runs."),
+        click.option("--experiment", default=_from_settings("experiment", "governance"), show_default="governance",
+                     help="MLflow experiment for the runs."),
         click.option("--force", is_flag=True, help="Run again even if an identical finished run exists."),
         click.option("--plugins", metavar="A,B", envvar="GOVERNANCE_PLUGINS",
                      help="Load only these plugins [env GOVERNANCE_PLUGINS]."),

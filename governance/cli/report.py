@@ -1,0 +1,244 @@
+"""``governance report``, ``governance verify`` and ``governance policy check``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from governance.cli.options import echo_json, json_option, method_config, run_options, split_csv
+
+EXIT_VERIFY_FAILED = 8  # ReportError's code: "rendering or verifying a report failed"
+
+_MARK = {"ok": ("✓", "green"), "pass": ("✓", "green"), "fail": ("✗", "red"), "warn": ("!", "yellow"),
+         "skipped": ("–", "bright_black"), "not_evaluated": ("–", "bright_black")}
+
+
+def _signer(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    keys = ("name", "role", "organisation")
+    return {k: v for k, v in zip(keys, parts) if v}
+
+
+def _with_settings(policy: str | None, template_dirs: tuple[str, ...], out_dir: str | None,
+                   signer: str | None) -> tuple[str | None, tuple[str, ...], str, str | None]:
+    """Fill what the command line left out from the settings file's ``[report]`` table (governance.config):
+    ``policy``, ``template_dirs``, ``out_dir``, ``signer``."""
+    from governance.config import setting
+
+    if policy is None:
+        policy = setting("report.policy")
+    if not template_dirs:
+        dirs = setting("report.template_dirs") or []
+        template_dirs = tuple([dirs] if isinstance(dirs, str) else dirs)
+    return policy, template_dirs, out_dir or setting("report.out_dir", "governance-reports"), signer or setting("report.signer")
+
+
+def _load_run_folder(folder: Path) -> Any:
+    from governance.errors import ReportError
+    from governance.results import run_from_dict
+
+    run_json = folder / "run.json"
+    if not run_json.is_file():
+        raise ReportError(f"{folder} has no run.json", hint="pass the folder a run wrote (run.json + explanations/)")
+    try:
+        doc = json.loads(run_json.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ReportError(f"{run_json} is not valid JSON: {exc}") from None
+    return run_from_dict(doc, folder)
+
+
+def _print_policy(policy: dict[str, Any]) -> None:
+    """One line per check (plain text: readable in CI logs as well as on a terminal)."""
+    counts = policy.get("counts") or {}
+    version = f" v{policy['version']}" if policy.get("version") else ""
+    click.echo(f"policy {policy.get('name')}{version}: {policy.get('verdict')} ({counts.get('pass', 0)} pass, "
+               f"{counts.get('fail', 0)} fail, {counts.get('warn', 0)} warn, "
+               f"{counts.get('not_evaluated', 0)} not evaluated)")
+    width = max((len(c["id"]) for c in policy.get("checks") or []), default=10)
+    for c in policy.get("checks") or []:
+        mark, colour = _MARK.get(c["status"], ("?", "white"))
+        label = click.style(f"{mark} {c['status'].replace('_', ' '):<13}", fg=colour)
+        if isinstance(c.get("actual"), (int, float)) and isinstance(c.get("expected"), (int, float)):
+            detail = f"{c['actual']:.4g} {c['op']} {c['expected']:.4g}"
+        else:
+            detail = c.get("reason") or ""
+        click.echo(f"  {label} {c['id']:<{width}}  {detail}")
+
+
+def _print_report(result: Any) -> None:
+    verdict = result.verdict or "no policy"
+    colour = {"pass": "green", "fail": "red"}.get(result.verdict or "", "yellow")
+    model = result.model
+    title = f"{model.get('name')} v{model.get('version')}" if model.get("name") else model.get("uri")
+    click.echo(f"report {result.report_id} for {title}: verdict " + click.style(verdict, fg=colour, bold=True)
+               + f", run status {result.run_status}")
+    if result.pdf_path:
+        click.echo(f"  PDF       {result.pdf_path}  ({result.pages} pages, {result.pdf_variant})")
+        click.echo(f"            sha256 {result.pdf_sha256}")
+    click.echo(f"  HTML      {result.html_path}")
+    click.echo(f"  JSON      {result.json_path}  (sha256 {result.json_sha256})")
+    click.echo(f"  manifest  {result.manifest_path}")
+    if result.logged:
+        click.echo(f"  MLflow    run {result.run_id}, artifacts under report/")
+        for k, v in result.version_tags.items():
+            click.echo(f"  tag       {k} = {v}")
+    for note in result.notes:
+        click.echo(click.style("  note      ", fg="yellow") + note)
+    if result.policy:
+        _print_policy(result.policy)
+
+
+def _exit_code(result: Any) -> int:
+    """With a policy the verdict decides (11 on fail); without one, a run with failed methods gives 10."""
+    from governance.cli import EXIT_METHODS_FAILED
+    from governance.policy import exit_code
+
+    if result.policy is not None:
+        return exit_code(result.verdict)
+    return 0 if result.run_status in ("ok", None) else EXIT_METHODS_FAILED
+
+
+@click.command("report")
+@click.argument("model_uri", required=False)
+@run_options
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="YAML/TOML thresholds per metric; gives the verdict, the exit code and governance.status.")
+@click.option("--model-card", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="YAML with the human-only fields (intended use, limitations, approvers ...).")
+@click.option("--out", "-o", "out_dir", default=None, metavar="DIR",
+              help="The report goes to DIR/<name>-v<version>/ [default: governance-reports].")
+@click.option("--template-dir", "template_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              metavar="DIR", help="Folder whose templates override the shipped ones (repeatable, first wins).")
+@click.option("--reuse/--no-reuse", default=True, show_default=True,
+              help="Reuse the explanations of an identical finished run (--no-reuse computes them again).")
+@click.option("--signer", metavar="'NAME, ROLE, ORG'", help="The responsible person who will sign the report.")
+@click.option("--from-run", "from_run", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="Build from a local run folder (run.json + explanations/) without running or logging.")
+@click.option("--no-log", is_flag=True, help="Do not log the report to MLflow nor tag the model version.")
+@click.option("--no-pdf", is_flag=True, help="Write report.json, report.html and manifest.json only.")
+def report_cmd(model_uri: str | None, methods: str | None, data: str | None, target: str | None, peers: str | None,
+               config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
+               experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, as_json: bool,
+               policy: str | None, model_card: str | None, out_dir: str | None, template_dirs: tuple[str, ...],
+               reuse: bool, signer: str | None, from_run: str | None, no_log: bool, no_pdf: bool) -> None:
+    """Explain MODEL_URI (or reuse an identical earlier run) and write a dated, signable compliance report:
+    report.json, report.html, a PDF/A-3b with report.json and manifest.json embedded, and the manifest.
+    The report is logged under report/ in the MLflow run, and the model version is tagged with
+    governance.report_run_id, governance.report_sha256 and governance.status.
+
+    Exit code: with --policy, 11 when a required check fails, else 0; without a policy, 10 when some
+    method failed, else 0. Defaults for --policy, --template-dir, --out and --signer can be set in the
+    settings file's [report] table (policy, template_dirs, out_dir, signer).
+    """
+    from governance.errors import ConfigError
+    from governance.report.build import build_report
+    from governance.report.publish import report_folder_name
+
+    policy, template_dirs, out_dir, signer = _with_settings(policy, template_dirs, out_dir, signer)
+    if bool(model_uri) == bool(from_run):
+        raise ConfigError("give a MODEL_URI or --from-run DIR (one of them)",
+                          hint="e.g. governance report models:/my-model@champion --policy policy.yaml")
+    if from_run:
+        run = _load_run_folder(Path(from_run))
+        out = Path(out_dir) / report_folder_name(run.model)
+        result = build_report(run, out_dir=out, workdir=Path(from_run), policy=policy, model_card=model_card,
+                              template_dirs=[Path(d) for d in template_dirs], signer=_signer(signer),
+                              pdf=not no_pdf)
+    else:
+        from governance.cli.run import progress_printer
+        from governance.report.publish import report_for_model
+
+        callback, bar = progress_printer(not as_json and sys.stderr.isatty())
+        with bar:
+            result = report_for_model(
+                model_uri, out_dir=out_dir, methods=split_csv(methods), data=data, target=target,
+                peers=split_csv(peers), config=method_config(config_file, overrides), device=device, seed=seed,
+                max_samples=max_samples, experiment=experiment, force=force, reuse=reuse,
+                plugins=split_csv(plugins), tracking_uri=tracking_uri, policy=policy, model_card=model_card,
+                template_dirs=[Path(d) for d in template_dirs], signer=_signer(signer), log_to_mlflow=not no_log,
+                pdf=not no_pdf, progress=callback,
+                invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        _print_report(result)
+    code = _exit_code(result)
+    if code:
+        sys.exit(code)
+
+
+@click.command("verify")
+@click.argument("report", type=click.Path(exists=True))
+@click.option("--artifacts", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="Evidence root to check (default: evidence/ beside the PDF, or the MLflow run root above it).")
+@click.option("--model-dir", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="Also check the model files in DIR against the registry hashes in the report.")
+@click.option("--sha256", "expected", metavar="HEX", help="The PDF's expected sha256 (e.g. the version tag).")
+@json_option
+def verify_cmd(report: str, artifacts: str | None, model_dir: str | None, expected: str | None, as_json: bool) -> None:
+    """Check a report's integrity: the embedded report.json and manifest.json against each other and the
+    printed pages, the PDF against report.pdf.sha256, and the evidence files against the manifest.
+
+    REPORT is report.pdf or the folder holding it. Exit code 0 when everything checked matches, 8 otherwise.
+    """
+    from governance.report.verify import verify_report
+
+    result = verify_report(Path(report), artifacts_dir=artifacts, model_dir=model_dir, expected_sha256=expected)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        for c in result.checks:
+            mark, colour = _MARK.get(c.status, ("?", "white"))
+            click.echo(click.style(f"{mark} ", fg=colour) + f"{c.name}" + (f": {c.detail}" if c.detail else ""))
+        who = f"report {result.report_id or '?'}" + (f" ({result.model})" if result.model else "")
+        if result.ok:
+            click.secho(f"VERIFIED: {who}, {sum(c.status == 'ok' for c in result.checks)} checks passed", fg="green")
+        else:
+            click.secho(f"NOT VERIFIED: {who}: {len(result.failures)} check(s) failed: "
+                        + "; ".join(c.name for c in result.failures), fg="red", err=True)
+    if not result.ok:
+        sys.exit(EXIT_VERIFY_FAILED)
+
+
+@click.group("policy")
+def policy_group() -> None:
+    """Evaluate policy files (thresholds per metric) against runs and reports."""
+
+
+@policy_group.command("check")
+@click.argument("policy", type=click.Path(exists=True, dir_okay=False))
+@click.argument("run", type=click.Path(exists=True))
+@json_option
+def policy_check_cmd(policy: str, run: str, as_json: bool) -> None:
+    """Evaluate POLICY against RUN: a run.json, a report.json, or a folder holding either.
+
+    Exit code 11 when a required check fails, 0 otherwise (also when nothing could be evaluated).
+    """
+    from governance.errors import ConfigError
+    from governance.policy import evaluate_policy, exit_code
+
+    path = Path(run)
+    if path.is_dir():
+        found = next((path / n for n in ("report.json", "run.json") if (path / n).is_file()), None)
+        if found is None:
+            raise ConfigError(f"{path} holds neither report.json nor run.json")
+        path = found
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    result = evaluate_policy(policy, doc)
+    if as_json:
+        echo_json(result)
+    else:
+        _print_policy(result)
+    code = exit_code(result["verdict"])
+    if code:
+        sys.exit(code)

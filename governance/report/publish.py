@@ -1,0 +1,167 @@
+"""Report on a registered model end to end: explain (or reuse), build, log to MLflow, tag the version.
+
+MLflow layout: the report files go under ``report/`` in the same run as the explanations, so the run's
+artifact root is the evidence root the manifest refers to (``report/`` sits beside ``explanations/``).
+Model-version tags: ``governance.report_run_id``, ``governance.report_sha256`` (the PDF's sha256),
+``governance.report_id`` and ``governance.status`` (the policy verdict, else the run's status).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from governance.errors import TrackingError
+from governance.report.build import ReportResult, build_report
+
+log = logging.getLogger("governance.report")
+
+REPORT_ARTIFACT_PATH = "report"
+
+
+def report_folder_name(model: Mapping[str, Any]) -> str:
+    """``<name>-v<version>`` (or the model URI's last part), safe as a folder name."""
+    name, version = model.get("name"), model.get("version")
+    raw = f"{name}-v{version}" if name and version else str(model.get("uri") or "model").rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "model"
+
+
+def previous_version_record(client: Any, model: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The previous version as the registry and its governance run know it: status, governance tags,
+    content hash and the explanation metrics its governance run logged (for section 8). Best effort."""
+    prev = model.get("previous_version")
+    if not isinstance(prev, Mapping) or not model.get("name") or not prev.get("version"):
+        return prev
+    out = dict(prev)
+    try:
+        mv = client.get_model_version(model["name"], str(prev["version"]))
+    except Exception as exc:  # the record is a courtesy: a registry hiccup must not lose the report
+        log.warning("report: cannot read %s version %s: %s", model["name"], prev["version"], exc)
+        return out
+    from datetime import datetime, timezone
+
+    out.update({"registry_status": mv.status, "training_run_id": mv.run_id})
+    if mv.creation_timestamp:
+        out["registered_at"] = datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(
+            timespec="seconds")
+    tags = dict(mv.tags or {})
+    for key in ("governance.status", "governance.report_id", "governance.report_sha256", "governance.run_id"):
+        if tags.get(key):
+            out[key.replace(".", "_")] = tags[key]
+    if tags.get("governance.run_id"):
+        try:
+            gov = client.get_run(tags["governance.run_id"])
+            out["governance_metrics"] = {k: v for k, v in gov.data.metrics.items() if not k.endswith(".seconds")}
+            if gov.data.tags.get("governance.model_sha256"):
+                out["content_sha256"] = gov.data.tags["governance.model_sha256"]
+        except Exception as exc:
+            log.warning("report: cannot read governance run %s: %s", tags["governance.run_id"], exc)
+    return out
+
+
+def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None = None) -> dict[str, str]:
+    """Log the report files under ``report/`` in the run and set the run and model-version tags.
+
+    Returns the tags set on the model version (empty for a model that is not in the registry)."""
+    if isinstance(run, Mapping):
+        mlf = run.get("mlflow") or {}
+        run_id, model, uri = mlf.get("run_id"), run.get("model") or {}, tracking_uri or mlf.get("tracking_uri")
+    else:
+        run_id, model, uri = run.mlflow_run_id, run.model, tracking_uri or run.tracking_uri
+    if not run_id:
+        raise TrackingError("the run has no MLflow run id, so the report cannot be logged",
+                            hint="report on a run made by `governance run`/`governance.explain`, or use --no-log")
+    from governance.tracking import client as make_client, resolve_tracking_uri
+
+    client = make_client(resolve_tracking_uri(uri))
+    try:
+        for path in result.files:
+            client.log_artifact(run_id, str(path), REPORT_ARTIFACT_PATH)
+        run_tags = {"governance.report_id": result.report_id, "governance.report_sha256": result.pdf_sha256 or "",
+                    "governance.report_json_sha256": result.json_sha256,
+                    "governance.report_verdict": result.verdict or "none"}
+        for k, v in run_tags.items():
+            if v:
+                client.set_tag(run_id, k, v)
+        version_tags: dict[str, str] = {}
+        if model.get("kind", "registry") == "registry" and model.get("name") and model.get("version"):
+            version_tags = {"governance.report_run_id": run_id, "governance.report_id": result.report_id,
+                            "governance.report_sha256": result.pdf_sha256 or result.json_sha256,
+                            "governance.status": result.status}
+            for k, v in version_tags.items():
+                client.set_model_version_tag(model["name"], str(model["version"]), k, v)
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"could not log the report to MLflow run {run_id}: {type(exc).__name__}: {exc}",
+                            hint=f"the report files are kept in {result.out_dir}; check the tracking store") from exc
+    result.run_id, result.logged, result.version_tags = run_id, True, version_tags
+    return version_tags
+
+
+def report_for_model(
+    model_uri: str,
+    *,
+    out_dir: Path | str = "governance-reports",
+    subfolder: bool = True,
+    methods: Sequence[str] | None = None,
+    data: str | Path | None = None,
+    target: str | None = None,
+    peers: Sequence[str] | None = None,
+    config: dict[str, dict[str, Any]] | None = None,
+    device: str = "auto",
+    tracking_uri: str | None = None,
+    experiment: str = "governance",
+    seed: int = 0,
+    max_samples: int = 512,
+    force: bool = False,
+    reuse: bool = True,
+    plugins: Sequence[str] | None = None,
+    policy: Any = None,
+    model_card: Path | str | Mapping[str, Any] | None = None,
+    template_dirs: Iterable[Path | str] = (),
+    signer: Mapping[str, Any] | None = None,
+    log_to_mlflow: bool = True,
+    pdf: bool = True,
+    progress: Callable[[str, float, str], None] | None = None,
+    invocation: str | None = None,
+) -> ReportResult:
+    """Explain ``model_uri`` (reusing an identical finished run unless ``force``), build the report in
+    ``out_dir/<name>-v<version>/`` (or ``out_dir`` itself when ``subfolder`` is false), log it to the run
+    and tag the model version. The result's ``status`` is what ``governance.status`` was set to."""
+    from governance.api import explain
+    from governance.policy import load_policy
+    from governance.report.card import load_model_card
+    from governance.tracking import resolve_tracking_uri
+
+    # read the user's files first: a typo in the policy must not cost a whole run
+    policy_obj = load_policy(policy) if policy is not None else None
+    if model_card is not None:
+        load_model_card(model_card)
+    template_dirs = [Path(d) for d in template_dirs]
+    for d in template_dirs:
+        if not d.is_dir():
+            from governance.errors import ReportError
+
+            raise ReportError(f"template folder {d} does not exist",
+                              hint="pass --template-dir with a folder holding your overriding templates")
+    uri = resolve_tracking_uri(tracking_uri)
+    run = explain(model_uri, methods=methods, data=data, target=target, peers=peers, config=config, device=device,
+                  tracking_uri=uri, experiment=experiment, seed=seed, max_samples=max_samples, force=force,
+                  reuse=reuse, plugins=plugins, progress=progress,
+                  invocation=invocation or f"governance.report({model_uri!r})")
+    try:
+        from governance.tracking import client as make_client
+
+        run.model["previous_version"] = previous_version_record(make_client(uri), run.model)
+    except Exception as exc:  # pragma: no cover - best effort, see previous_version_record
+        log.warning("report: previous version not read: %s", exc)
+    out = Path(out_dir) / report_folder_name(run.model) if subfolder else Path(out_dir)
+    result = build_report(run, out_dir=out, model_card=model_card, policy=policy_obj,
+                          template_dirs=template_dirs, signer=signer, pdf=pdf)
+    result.run_id = run.mlflow_run_id
+    if log_to_mlflow:
+        publish_report(result, run, tracking_uri=uri)
+    return result

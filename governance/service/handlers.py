@@ -1,0 +1,141 @@
+"""The production job handler: explain and report on one model version.
+
+``report_job(job)`` is what ``governance jobs work`` and ``governance serve --worker`` run by default
+(``--handler module:function`` swaps it). It runs inside a fresh job process, so it may import torch and
+use matplotlib freely.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from governance.errors import ModelLoadError, ModelResolutionError
+from governance.service.jobs import ReportSettings
+from governance.service.queue import Job
+from governance.service.worker import RetryLater
+
+log = logging.getLogger("governance.service.handlers")
+
+DEFAULT_HANDLER = "governance.service.handlers:report_job"
+
+
+def check_version_ready(tracking_uri: str | None, name: str, version: str) -> None:
+    """Fail fast on a missing version, retry later on one still being registered.
+
+    ``model_version.created`` fires as soon as the version row exists; with an asynchronous artifact
+    upload the version can still be ``PENDING_REGISTRATION`` when the job starts.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from governance.tracking import client, resolve_tracking_uri
+
+    try:
+        mv = client(resolve_tracking_uri(tracking_uri)).get_model_version(name, version)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            raise ModelResolutionError(
+                f"model version {name}/{version} does not exist in {tracking_uri or 'the tracking store'}",
+                hint="it may have been deleted after the event; nothing to report",
+            ) from None
+        raise
+    status = str(getattr(mv, "status", "READY") or "READY")
+    if status == "PENDING_REGISTRATION":
+        raise RetryLater(f"model version {name}/{version} is still being registered")
+    if status == "FAILED_REGISTRATION":
+        raise ModelLoadError(f"model version {name}/{version} failed to register: {mv.status_message or ''}",
+                             hint="register the model again")
+
+
+def _method_config(settings: ReportSettings) -> dict[str, dict[str, Any]]:
+    from governance.cli.options import method_config
+
+    return method_config(settings.config, tuple(settings.overrides))
+
+
+def _signer(text: str | None) -> dict[str, str] | None:
+    """``"NAME, ROLE, ORG"`` as the report builder takes it (same reading as ``governance report --signer``)."""
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    return {k: v for k, v in zip(("name", "role", "organisation"), parts) if v}
+
+
+def _report_function() -> Any:
+    """``governance.api.report_model`` when the report builder is installed, else None (explain only)."""
+    try:
+        from governance.report import report_for_model  # noqa: F401
+    except ImportError:
+        return None
+    from governance.api import report_model
+
+    return report_model
+
+
+def run_settings(settings: ReportSettings, model_uri: str, invocation: str) -> dict[str, Any]:
+    """Keyword arguments of :func:`governance.api.explain` for these settings."""
+    return {
+        "methods": list(settings.methods) if settings.methods else None,
+        "data": settings.data,
+        "target": settings.target,
+        "config": _method_config(settings),
+        "device": settings.device,
+        "seed": settings.seed,
+        "max_samples": settings.max_samples,
+        "experiment": settings.experiment,
+        "plugins": list(settings.plugins) if settings.plugins else None,
+        "tracking_uri": settings.tracking_uri,
+        "invocation": invocation,
+    }
+
+
+def report_job(job: Job) -> dict[str, Any]:
+    """Explain ``job.payload['model_uri']`` with the job's settings, log to MLflow, render the report.
+
+    Reports go to ``--output-dir`` (default ``$GOVERNANCE_HOME/reports``) in ``<name>-v<version>/`` and to the
+    governance run in MLflow. A policy verdict of "fail" is a result, not a job failure: it is recorded
+    in the job's result (and in the version's ``governance.status`` tag).
+    """
+    payload = job.payload
+    settings = ReportSettings.from_dict(payload["settings"])
+    model_uri = payload["model_uri"]
+    check_version_ready(settings.tracking_uri, payload["name"], payload["version"])
+    kwargs = run_settings(settings, model_uri, f"governance job {job.id} ({job.source}: {job.trigger})")
+    report = _report_function() if settings.report else None
+    if report is not None:
+        from governance.service.config import state_dir
+
+        out_dir = settings.output_dir or str(state_dir() / "reports")
+        result = report(model_uri, out_dir=out_dir, policy=settings.policy, model_card=settings.model_card,
+                        template_dirs=list(settings.template_dirs), signer=_signer(settings.signer),
+                        pdf=settings.pdf, **kwargs)
+        return summarise_report(result)
+    from governance.api import explain
+
+    return summarise_run(explain(model_uri, **kwargs))
+
+
+def summarise_run(run: Any) -> dict[str, Any]:
+    """A small JSON result for the queue (the full record lives in MLflow)."""
+    return {
+        "status": run.status,
+        "mlflow_run_id": run.mlflow_run_id,
+        "reused": bool(run.reused),
+        "methods": {e.method: e.status for e in run.explanations},
+        "reported": False,
+    }
+
+
+def summarise_report(result: Any) -> dict[str, Any]:
+    """What the queue keeps of a report: verdict, where the files are, the MLflow run."""
+    return {
+        "status": result.status,
+        "verdict": result.verdict,
+        "run_status": result.run_status,
+        "mlflow_run_id": result.run_id,
+        "report_id": result.report_id,
+        "out_dir": str(result.out_dir),
+        "pdf": str(result.pdf_path) if result.pdf_path else None,
+        "logged_to_mlflow": bool(result.logged),
+        "reported": True,
+    }

@@ -1,0 +1,98 @@
+"""The surrogate as something a person can read: ranked terms, a plain-text formula, the strictly linear
+part in the coordinates' own units, and an optional sympy expression (spec B3.4)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from governance_plugins.spectral.basis import SYMBOL, BasisName
+
+
+def term_label(alpha_row: np.ndarray, names: Sequence[str], basis: BasisName) -> str:
+    """``T1(mean radius)·T2(x7)``; ``1`` for the constant term."""
+    support = np.flatnonzero(alpha_row)
+    if not len(support):
+        return "1"
+    sym = SYMBOL[basis]
+    return "·".join(f"{sym}{int(alpha_row[i])}({names[i]})" for i in support)
+
+
+def ranked_terms(coef_row: np.ndarray, alpha: np.ndarray, gamma: np.ndarray, names: Sequence[str],
+                 basis: BasisName, top: int) -> list[dict[str, Any]]:
+    """The ``top`` non-constant terms by |c| sqrt(gamma) (each term's standard deviation under the basis
+    measure, spec B3.3), with their share of the surrogate's variance."""
+    energy = coef_row**2 * gamma
+    energy[0] = 0.0
+    variance = float(energy.sum())
+    order = [int(n) for n in np.argsort(-energy) if energy[n] > 0][:top]
+    return [{
+        "term": term_label(alpha[n], names, basis),
+        "coefficient": float(coef_row[n]),
+        "degree": int(alpha[n].sum()),
+        "order": int(np.count_nonzero(alpha[n])),
+        "std": float(np.sqrt(energy[n])),
+        "variance_share": float(energy[n] / variance) if variance > 0 else 0.0,
+    } for n in order]
+
+
+def formula_text(coef_row: np.ndarray, alpha: np.ndarray, gamma: np.ndarray, names: Sequence[str],
+                 basis: BasisName, top: int, digits: int = 3) -> str:
+    """``2.31 +0.83·T1(mean radius) −0.41·T1(x3)·T2(x7) … (+12 terms, 0.4 % of variance)``."""
+    terms = ranked_terms(coef_row, alpha, gamma, names, basis, top)
+    parts = [f"{coef_row[0]:.{digits}g}"]
+    for t in terms:
+        c = t["coefficient"]
+        parts.append(f"{'+' if c >= 0 else '−'}{abs(c):.{digits}g}·{t['term']}")
+    energy = coef_row**2 * gamma
+    energy[0] = 0.0
+    rest = int(np.count_nonzero(energy)) - len(terms)
+    if rest > 0:
+        share = 1.0 - sum(t["variance_share"] for t in terms)
+        parts.append(f"… (+{rest} more terms, {100 * share:.2g} % of variance)")
+    return " ".join(parts)
+
+
+def linear_in_units(coef_row: np.ndarray, alpha: np.ndarray, box: np.ndarray) -> tuple[float, np.ndarray]:
+    """The degree-1 truncation c0 + sum_i c_i z_i rewritten as intercept + sum_i w_i u_i in the coordinates'
+    own units (z_i = (2 u_i - a_i - b_i)/(b_i - a_i)). Returns (intercept, weights (d,))."""
+    d = alpha.shape[1]
+    slopes = np.zeros(d)
+    for n in np.flatnonzero(alpha.sum(axis=1) == 1):
+        slopes[int(np.flatnonzero(alpha[n])[0])] = coef_row[n]
+    a, b = box[:, 0], box[:, 1]
+    weights = 2.0 * slopes / (b - a)
+    intercept = float(coef_row[0] - np.sum(slopes * (a + b) / (b - a)))
+    return intercept, weights
+
+
+def linear_text(intercept: float, weights: np.ndarray, names: Sequence[str], top: int, digits: int = 3) -> str:
+    order = np.argsort(-np.abs(weights))[:top]
+    parts = [f"{intercept:.{digits}g}"] + [
+        f"{'+' if weights[i] >= 0 else '−'}{abs(weights[i]):.{digits}g}·{names[i]}" for i in order if weights[i] != 0]
+    rest = int(np.count_nonzero(weights)) - len(parts) + 1
+    if rest > 0:
+        parts.append(f"… (+{rest} more)")
+    return " ".join(parts)
+
+
+def to_sympy(coef_row: np.ndarray, alpha: np.ndarray, names: Sequence[str], basis: BasisName,
+             box: np.ndarray | None = None, tol: float = 0.0) -> Any:
+    """A sympy expression of the surrogate (terms with |c| > tol). With ``box`` the reference coordinates
+    are substituted by the affine map of the inputs and the result is expanded into monomials in the
+    inputs' own units: exact in rational arithmetic, but ill-conditioned beyond degree ~8 (spec B3.4)."""
+    import sympy
+
+    symbols = [sympy.Symbol(str(n)) for n in names]
+    poly = sympy.chebyshevt if basis == "chebyshev" else sympy.legendre
+    z = list(symbols)
+    if box is not None:
+        z = [(2 * s - float(lo) - float(hi)) / (float(hi) - float(lo)) for s, (lo, hi) in zip(symbols, box)]
+    expr = sympy.Integer(0)
+    for n in np.flatnonzero(np.abs(coef_row) > tol):
+        term = sympy.Float(float(coef_row[n]))
+        for i in np.flatnonzero(alpha[n]):
+            term *= poly(int(alpha[n, i]), z[i])
+        expr += term
+    return sympy.expand(expr) if box is not None else expr

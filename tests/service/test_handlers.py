@@ -1,0 +1,43 @@
+"""The production handler's checks before any work (the full handler runs in test_e2e)."""
+
+from __future__ import annotations
+
+import pytest
+
+from governance.errors import ModelResolutionError
+from governance.service.handlers import check_version_ready, run_settings
+from governance.service.jobs import ReportSettings
+from governance.service.worker import RetryLater, is_transient
+
+
+def test_ready_missing_and_pending_versions(store, monkeypatch):
+    check_version_ready(store["uri"], "fraud-a", "1")
+    with pytest.raises(ModelResolutionError, match="does not exist") as err:
+        check_version_ready(store["uri"], "fraud-a", "99")
+    assert not is_transient(err.value)
+
+    class Pending:
+        status, status_message = "PENDING_REGISTRATION", None
+
+    import mlflow
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_model_version", lambda self, name, version: Pending())
+    with pytest.raises(RetryLater) as err:
+        check_version_ready(store["uri"], "fraud-a", "1")
+    assert is_transient(err.value)
+
+
+def test_run_settings_map_to_the_api(tmp_path):
+    cfg = tmp_path / "methods.yaml"
+    cfg.write_text("methods:\n  occlusion:\n    n_samples: 4\n")
+    s = ReportSettings(tracking_uri="sqlite:///x.db", methods=("occlusion",), config=str(cfg),
+                       overrides=("occlusion.target=1",), max_samples=16, plugins=("testplugin",))
+    kw = run_settings(s, "models:/m/1", "job 1")
+    assert kw["config"] == {"occlusion": {"n_samples": 4, "target": 1}}
+    assert kw["methods"] == ["occlusion"] and kw["plugins"] == ["testplugin"] and kw["max_samples"] == 16
+    assert run_settings(ReportSettings(), "models:/m/1", "x")["methods"] is None  # all installed methods
+    import inspect
+
+    from governance.api import explain
+
+    assert set(kw) <= set(inspect.signature(explain).parameters)
