@@ -282,6 +282,31 @@ def test_heavy_imports_in_the_plugin_module_are_caught(tmp_path, monkeypatch):
     conf.check_cheap_import("conf_light_plugin")
 
 
+def test_lazy_module_attributes_that_import_heavy_packages_are_caught(tmp_path, monkeypatch):
+    """Importing such a module is cheap, but the host scans its attributes for hooks: loading it through the
+    host (what `governance --help` does) imports scipy."""
+    (tmp_path / "conf_lazy_plugin.py").write_text(textwrap.dedent("""\
+        from governance import hookimpl
+
+        def __getattr__(name):
+            if name == "Heavy":
+                import scipy
+                return scipy
+            raise AttributeError(name)
+
+        def __dir__():
+            return ["Heavy", "hookimpl"]
+        """))
+    dist = tmp_path / "conf_lazy_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: conf-lazy-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[governance.plugins]\nlazyplugin = conf_lazy_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    conf.check_cheap_import("conf_lazy_plugin")  # a plain import is cheap
+    with pytest.raises(ConformanceError, match="loading plugin 'lazyplugin'.*imports scipy"):
+        conf.check_cheap_import("conf_lazy_plugin", "lazyplugin")
+
+
 def test_check_method_collects_failures_instead_of_stopping(tmp_path):
     def crashes(self, ctx, **kw):
         raise ValueError("shape mismatch in my method")
