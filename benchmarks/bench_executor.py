@@ -78,8 +78,10 @@ def main() -> None:
     args = ap.parse_args()
     n_eval = 64 if args.quick else 256
 
+    cwd = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="bench-exec-") as tmp:
         root = Path(tmp)
+        os.chdir(root)  # MLflow writes new experiments' artifacts to ./mlruns, Ray workers start here
         methods, extra, config = plugin_paths(root, args.methods.split(",") if args.methods else None)
         sys.path[:0] = extra
         os.environ["PYTHONPATH"] = os.pathsep.join([*extra, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -134,6 +136,7 @@ def main() -> None:
             same_pred = bool(np.allclose(p_local, p_ray, rtol=1e-6, atol=1e-6))
         finally:
             ray_ex.close()
+            os.chdir(cwd)
 
     print(f"\nray: started in {started:.1f} s with {args.cpus} CPUs\n")
     print(f"{'job':34} {'executor':34} {'wall s':>8} {'vs local':>9}")

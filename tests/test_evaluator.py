@@ -4,6 +4,7 @@ run: a real MLflow evaluation on a SQLite store, through MLflow's own evaluator 
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import numpy as np
@@ -65,6 +66,8 @@ def store(tmp_path_factory):
     # the process-wide store and experiment of other tests must not move (restored exactly below)
     saved = (tracking_utils._tracking_uri, fluent._active_experiment_id)
     root = tmp_path_factory.mktemp("evalstore")
+    cwd = os.getcwd()
+    os.chdir(root)  # MLflow puts the artifacts of new experiments under ./mlruns of the current folder
     uri = f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("evaluator-models")  # the process may hold another store's active experiment
@@ -84,6 +87,7 @@ def store(tmp_path_factory):
            "run_id": run.info.run_id}
     mlflow.set_tracking_uri(saved[0])  # None (unset) included
     fluent._active_experiment_id = saved[1]
+    os.chdir(cwd)
 
 
 @pytest.fixture

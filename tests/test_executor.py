@@ -150,8 +150,13 @@ def ray_executor(tmp_path_factory):
     scratch = root / "scratch"
     scratch.mkdir()
     saved = os.environ.pop("RAY_ADDRESS", None)
-    ex = RayExecutor(num_cpus=2, temp_dir=short or root / "r",
-                     runtime_env={"env_vars": {"PYTHONPATH": str(FIXTURE_PLUGINS), "TMPDIR": str(scratch)}})
+    cwd = os.getcwd()
+    os.chdir(scratch)  # the workers start here (and MLflow writes ./mlruns here)
+    try:
+        ex = RayExecutor(num_cpus=2, temp_dir=short or root / "r",
+                         runtime_env={"env_vars": {"PYTHONPATH": str(FIXTURE_PLUGINS), "TMPDIR": str(scratch)}})
+    finally:
+        os.chdir(cwd)
     yield ex
     ex.close()
     if saved is not None:

@@ -131,11 +131,12 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def lifecycle(registry, tmp_path_factory):
+    """One real run (and its reuse) with a recorder plugin."""
+    from governance.pipeline import Pipeline, RunOptions
+
     recorder = Recorder()
     host = PluginHost(allow=[])  # host loaders only, plus the recorder
     host.register_plugin(recorder, "recorder")
-    from governance.pipeline import Pipeline, RunOptions
-
     opts = RunOptions(methods=["echo"], data=str(registry.data["bc"]), experiment="hooks-lifecycle")
     run = Pipeline("models:/bc-mlp/1", opts, tracking_uri=registry.uri, host=host,
                    workdir=tmp_path_factory.mktemp("lifecycle")).run()
