@@ -11,6 +11,7 @@ import numpy as np
 from governance.dataset import Dataset
 from governance.errors import DataError
 from governance.model import LoadedModel, ModelVersionInfo
+from governance.tracking import resolve_tracking_uri
 
 TARGET_COLUMNS = ("target", "label", "y", "class")
 
@@ -128,9 +129,12 @@ def _from_registry(info: ModelVersionInfo, model: LoadedModel, tracking_uri: str
     if uri:
         import mlflow.artifacts
 
+        from governance.tracking import pinned_store
+
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_dir) if download_dir else None,
-                                                        tracking_uri=tracking_uri)
+            with pinned_store(tracking_uri or resolve_tracking_uri(None)):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=uri,
+                                                            dst_path=str(download_dir) if download_dir else None)
             ds = _from_file(Path(local), model, None)
             ds.source = uri
             return ds

@@ -188,12 +188,9 @@ class PluginHost:
                         name, major, minor, host_major, host_minor)
 
     def _hook_names(self, plugin: Any) -> list[str]:
-        names = []
-        for attr in dir(plugin):
-            fn = getattr(plugin, attr, None)
-            if fn is not None and hasattr(fn, hookspecs.PROJECT_NAME + "_impl"):
-                names.append(attr)
-        return sorted(names)
+        """Hooks a registered plugin implements (asked of pluggy: probing attributes would trigger a
+        plugin's lazy imports)."""
+        return sorted(caller.name for caller in (self.pm.get_hookcallers(plugin) or []))
 
     # ------------------------------------------------------------------------------------------- methods
     def _collect_methods(self) -> None:

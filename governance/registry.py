@@ -171,10 +171,12 @@ def _signature(meta: dict[str, Any]) -> dict[str, Any] | None:
 def _download(client: Any, uri: str, dst: Path) -> Path:
     import mlflow.artifacts
 
+    from governance.tracking import pinned_store
+
     dst.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst),
-                                                        tracking_uri=client.tracking_uri))
+        with pinned_store(client.tracking_uri):
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except Exception as exc:
         raise ModelResolutionError(f"could not download the model files of {uri}: {type(exc).__name__}: {exc}",
                                    hint="check that the artifact store is reachable from this machine") from exc

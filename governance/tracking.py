@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 from governance.errors import TrackingError
 
@@ -68,3 +70,29 @@ def client(uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def pinned_store(uri: str) -> Iterator[None]:
+    """Make ``uri`` the process's tracking AND registry store for the block, then restore what was there.
+
+    ``mlflow.artifacts.download_artifacts("models:/name/1", tracking_uri=...)`` resolves the registry part
+    through the process-wide registry URI, not through its argument; without this, a ``--tracking-uri``
+    pointing at a server would download from ``sqlite:///mlflow.db``."""
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri,
+             {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

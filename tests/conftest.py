@@ -39,8 +39,18 @@ def _clean_mlflow_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     yield
     mlflow = sys.modules.get("mlflow")  # only if a test used it (the GPU machine has no mlflow)
-    while mlflow is not None and mlflow.active_run():
+    if mlflow is None:
+        return
+    while mlflow.active_run():
         mlflow.end_run()
+    # process-wide fluent state (set_tracking_uri / set_experiment) must not leak into the next test
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None
 
 
 @pytest.fixture
