@@ -18,16 +18,14 @@ Ray instance is started and shut down again by :meth:`Executor.close`.
 from __future__ import annotations
 
 import abc
-import contextlib
 import hashlib
 import logging
 import math
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import numpy as np
 
@@ -76,40 +74,6 @@ def _settle(outcomes: list[Any], return_exceptions: bool) -> list[Any]:
     return outcomes
 
 
-@contextlib.contextmanager
-def pinned_store(tracking_uri: str | None) -> Iterator[None]:
-    """Make ``tracking_uri`` MLflow's process-wide tracking and registry store for the duration, then
-    restore exactly what was there (globals and ``MLFLOW_*`` variables).
-
-    ``mlflow.artifacts.download_artifacts("models:/...", tracking_uri=...)`` resolves the model version
-    through clients built on the process-wide defaults, not on ``tracking_uri``: a fresh worker process would
-    look the model up in ``./mlflow.db`` (and create that file), and a process whose default points at
-    another store would look there. Jobs pin their store here.
-    """
-    if not tracking_uri:
-        yield
-        return
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {n: os.environ.get(n) for n in names}
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 class LoadedOnce:
     """Resolve and load a model into a private temporary folder (deleted with this object)."""
 
@@ -118,8 +82,7 @@ class LoadedOnce:
         from governance.pipeline import load_model
 
         self._tmp = tempfile.TemporaryDirectory(prefix="governance-model-")
-        with pinned_store(tracking_uri):
-            info = resolve(model_uri, tracking_uri=tracking_uri, download_dir=self._tmp.name)
+        info = resolve(model_uri, tracking_uri=tracking_uri, download_dir=self._tmp.name)
         self.model = load_model(info, device=device, batch_size=batch_size, host=_host())
 
 
@@ -345,5 +308,4 @@ class ExplainJob:
         kwargs = dict(self.kwargs)
         if self.workdir_root:
             kwargs["workdir"] = Path(self.workdir_root) / workdir_name(uri)
-        with pinned_store(kwargs.get("tracking_uri")):
-            return explain(uri, **kwargs)
+        return explain(uri, **kwargs)

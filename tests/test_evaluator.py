@@ -60,11 +60,6 @@ def store(tmp_path_factory):
     from governance.testing.conformance import reference_model
     from governance.testing.models import export_onnx
 
-    from mlflow.tracking import fluent
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    # the process-wide store and experiment of other tests must not move (restored exactly below)
-    saved = (tracking_utils._tracking_uri, fluent._active_experiment_id)
     root = tmp_path_factory.mktemp("evalstore")
     cwd = os.getcwd()
     os.chdir(root)  # MLflow puts the artifacts of new experiments under ./mlruns of the current folder
@@ -85,9 +80,7 @@ def store(tmp_path_factory):
                                                    input_example=bc.X[:2], pip_requirements=["numpy"]).model_uri
     yield {"uri": uri, "models": models, "mlp": mlp, "cnn": cnn, "W": W, "bc": bc, "digits": digits,
            "run_id": run.info.run_id}
-    mlflow.set_tracking_uri(saved[0])  # None (unset) included
-    fluent._active_experiment_id = saved[1]
-    os.chdir(cwd)
+    os.chdir(cwd)  # (conftest resets MLflow's process-wide store and experiment after each test)
 
 
 @pytest.fixture

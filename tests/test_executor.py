@@ -102,31 +102,19 @@ def test_explain_many_returns_or_raises_per_model_errors(registry, test_plugins,
         governance.api.explain_many([bad], tracking_uri=registry.uri, experiment="exec-local-errors")
 
 
-def test_jobs_pin_their_store_and_restore_the_process_defaults(registry, test_plugins, tmp_path, monkeypatch):
+def test_jobs_use_the_store_they_name_not_the_process_default(registry, test_plugins, tmp_path):
     """A process whose MLflow defaults point at another store (a notebook, an earlier test) still explains
-    the models of the store the job names; the defaults come back unchanged."""
+    the models of the store the job names."""
     import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    from governance.executor import pinned_store
 
     elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
-    raw = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", elsewhere)
-    try:
-        mlflow.set_tracking_uri(elsewhere)
-        registry_utils._registry_uri = elsewhere
-        with pinned_store(registry.uri):
-            assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == registry.uri
-        assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == elsewhere
-        assert os.environ["MLFLOW_REGISTRY_URI"] == elsewhere
-        runs = governance.api.explain_many([URIS[0]], methods=["occlusion"], tracking_uri=registry.uri,
-                                           experiment="exec-pinned", workdir=tmp_path / "w")
-        assert runs[0].status == "ok" and runs[0].model["name"] == "digits-cnn"
-    finally:
-        mlflow.set_tracking_uri(raw[0])
-        registry_utils._registry_uri = raw[1]
+    mlflow.set_tracking_uri(elsewhere)  # conftest resets the process defaults after the test
+    registry_utils._registry_uri = elsewhere
+    runs = governance.api.explain_many([URIS[0]], methods=["occlusion"], tracking_uri=registry.uri,
+                                       experiment="exec-pinned", workdir=tmp_path / "w")
+    assert runs[0].status == "ok" and runs[0].model["name"] == "digits-cnn"
+    assert mlflow.get_tracking_uri() == elsewhere
 
 
 def test_cli_several_models_reports_each_and_keeps_going(registry, test_plugins, cli_invoke):
