@@ -58,6 +58,48 @@ def explain(
     return pipe.run()
 
 
+def explain_many(
+    model_uris: Sequence[str],
+    *,
+    executor: Any = "local",
+    executor_options: dict[str, Any] | None = None,
+    return_exceptions: bool = False,
+    workdir: str | Path | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """Explain several model versions with the same settings (``kwargs`` as for :func:`explain`), fanned
+    out by an executor: ``"local"`` (one after the other, here) or ``"ray"`` (one Ray task per model, each
+    loading its own model; ``pip install 'governance[ray]'``). Results come back in input order; see
+    :meth:`governance.executor.Executor.map_models` for ``return_exceptions``. ``workdir`` gets one
+    sub-folder per model. A ``progress`` callback is only used by in-process executors."""
+    from governance.errors import ConfigError
+    from governance.executor import ExplainJob, get_executor
+
+    uris = list(model_uris)
+    if not uris:
+        raise ConfigError("no model URIs given", hint="pass at least one models:/NAME/VERSION")
+    if dupes := sorted({u for u in uris if uris.count(u) > 1}):
+        raise ConfigError(f"model URI(s) given more than once: {', '.join(dupes)}", hint="list each model once")
+    ex = get_executor(executor, **(executor_options or {}))
+    try:
+        if not ex.in_process:
+            kwargs.pop("progress", None)
+        if kwargs.get("tracking_uri") is None:  # workers must write to the store this process would use
+            from governance.tracking import resolve_tracking_uri
+
+            kwargs["tracking_uri"] = resolve_tracking_uri(None)
+        if not ex.in_process and str(kwargs["tracking_uri"]).startswith("sqlite:///"):
+            db = str(kwargs["tracking_uri"])[len("sqlite:///"):]
+            if db != ":memory:" and not db.startswith("/"):  # workers may start in another folder
+                kwargs["tracking_uri"] = f"sqlite:///{Path(db).resolve()}"
+        root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="governance-runs-"))
+        job = ExplainJob(kwargs=kwargs, workdir_root=str(root))
+        return ex.map_models(uris, job, return_exceptions=return_exceptions)
+    finally:
+        if ex is not executor:
+            ex.close()
+
+
 def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: str | Path | None = None):
     """Resolve a model URI to a ModelVersionInfo (downloads and hashes the files)."""
     from governance.registry import resolve as _resolve

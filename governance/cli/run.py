@@ -71,18 +71,34 @@ def print_run_summary(run: Any) -> None:
 
 
 @click.command("run")
-@click.argument("model_uri")
+@click.argument("model_uris", nargs=-1, required=True, metavar="MODEL_URI...")
 @run_options
-def run_cmd(model_uri: str, methods: str | None, data: str | None, target: str | None, peers: str | None,
-            config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
-            experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, as_json: bool) -> None:
-    """Explain MODEL_URI (models:/name/3, models:/name@alias, runs:/id/path or a .onnx file) and log the
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              envvar="GOVERNANCE_EXECUTOR",
+              help="Where several models run: local (one after the other) or ray (one Ray task per model; "
+              "RAY_ADDRESS joins a cluster; needs pip install 'governance[ray]') [env GOVERNANCE_EXECUTOR].")
+def run_cmd(model_uris: tuple[str, ...], methods: str | None, data: str | None, target: str | None,
+            peers: str | None, config_file: str | None, overrides: tuple[str, ...], device: str, seed: int,
+            max_samples: int, experiment: str, force: bool, plugins: str | None, tracking_uri: str | None,
+            as_json: bool, executor: str) -> None:
+    """Explain each MODEL_URI (models:/name/3, models:/name@alias, runs:/id/path or a .onnx file) and log the
     explanations, metrics and figures to a new MLflow run linked to the model version.
 
-    Exit code 0 when every selected method ran (or was skipped with a reason), 10 when some failed.
+    Exit code 0 when every selected method ran (or was skipped with a reason), 10 when some failed. With
+    several models, --json prints a list, and a model that cannot be run is reported without stopping the
+    others (the exit code is then that error's).
     """
     from governance.cli import EXIT_METHODS_FAILED
 
+    if len(model_uris) > 1 or executor != "local":
+        from governance.cli.many import execute_many
+
+        execute_many(model_uris, executor, as_json=as_json, methods=methods, data=data, target=target, peers=peers,
+                     config_file=config_file, overrides=overrides, device=device, seed=seed,
+                     max_samples=max_samples, experiment=experiment, force=force, plugins=plugins,
+                     tracking_uri=tracking_uri)
+        return
+    model_uri = model_uris[0]
     run = execute_run(model_uri, methods=methods, data=data, target=target, peers=peers, config_file=config_file,
                       overrides=overrides, device=device, seed=seed, max_samples=max_samples, experiment=experiment,
                       force=force, plugins=plugins, tracking_uri=tracking_uri, quiet=as_json)

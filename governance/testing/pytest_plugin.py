@@ -16,10 +16,11 @@ import pytest
 
 @pytest.fixture(scope="session")
 def governance_models() -> dict[str, Any]:
-    """Trained tiny models and their datasets: ``{"digits-cnn": (module, Dataset), "bc-mlp": (...)}``."""
-    from governance.testing.models import trained_breast_cancer_mlp, trained_digits_cnn
+    """Trained tiny models and their datasets: ``{"digits-cnn": (module, Dataset), "bc-mlp": (...)}``
+    (the conformance suite's reference models: trained once per process)."""
+    from governance.testing.conformance import reference_models
 
-    return {"digits-cnn": trained_digits_cnn(epochs=4), "bc-mlp": trained_breast_cancer_mlp(epochs=15)}
+    return reference_models()
 
 
 @pytest.fixture
@@ -36,5 +37,20 @@ def governance_context(governance_models, tmp_path) -> Callable[..., Any]:
         model = as_loaded(module, shape, name=name) if runtime == "torch" else as_onnx_loaded(module, shape, tmp_path / name)
         return MethodContext(model=model, data=ds.subset(n), config=config or MethodConfig(), seed=seed,
                              workdir=tmp_path / "work", peers=peers)
+
+    return make
+
+
+@pytest.fixture
+def governance_forward_only(governance_context) -> Callable[..., Any]:
+    """Factory like ``governance_context`` whose model only predicts (no torch view, no weights), as an MLflow
+    pyfunc model does: ``governance_forward_only("bc-mlp", config=...)``."""
+    from dataclasses import replace
+
+    from governance.testing.conformance import ForwardOnlyModel
+
+    def make(name: str = "bc-mlp", config: Any = None, n: int = 64, seed: int = 0) -> Any:
+        ctx = governance_context(name, config=config, n=n, seed=seed)
+        return replace(ctx, model=ForwardOnlyModel(ctx.model))
 
     return make
