@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -330,9 +330,3 @@ class Pipeline:
             (folder / "traceback.txt").write_text(expl.traceback)
         (folder / "summary.json").write_text(json.dumps(expl.to_dict(), indent=2))
         return folder
-
-
-def explain_many(uris: Iterable[str], **kwargs: Any) -> list[RunResult]:  # pragma: no cover - convenience
-    from governance.api import explain
-
-    return [explain(u, **kwargs) for u in uris]

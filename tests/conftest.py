@@ -32,6 +32,16 @@ import pytest  # noqa: E402
 FIXTURE_PLUGINS = Path(__file__).parent / "fixture_plugins"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _work_in_a_temporary_folder(tmp_path_factory):
+    """MLflow's defaults are relative to the current folder (``sqlite:///mlflow.db``, ``./mlruns`` artifact
+    roots of new experiments): run every test from a temporary folder so none of them lands in the repo."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
+
+
 @pytest.fixture(autouse=True)
 def _clean_mlflow_env(monkeypatch):
     """mlflow.set_tracking_uri exports MLFLOW_* variables; never let one test's store leak into the next."""
