@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    import shutil
+
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+    # build from a copy: setuptools writes build/ and *.egg-info next to the sources it builds
+    src = tmp_path_factory.mktemp("src") / "governance"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "*.egg-info",
+                                                              "__pycache__", ".pytest_cache", "mlruns", "*.db"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(src)],
                    check=True, timeout=600)
     return next(out.glob("governance-*.whl"))
 
