@@ -159,6 +159,12 @@ class LoadedModel(abc.ABC):
         shape = self.output_spec.sample_shape
         return int(np.prod([s for s in shape if s is not None])) if shape else 1
 
+    @property
+    def outputs_score_vector(self) -> bool:
+        """True when one sample's output is a vector (one score per class): the shape that class-attribution
+        methods explain. False for e.g. per-pixel outputs."""
+        return len([d for d in self.output_spec.sample_shape if d not in (None, 1)]) <= 1
+
     def describe(self) -> dict[str, Any]:
         return {
             "runtime": self.runtime,

@@ -98,9 +98,9 @@ class FlintMethod(Method):
         why = super().can_explain(model=model, data=data)
         if why:
             return why
-        out = model.output_spec.sample_shape
-        if len([d for d in out if d not in (None, 1)]) > 1:
-            return f"explains classifiers with one score per class, but the model's output has shape {list(out)}"
+        if not model.outputs_score_vector:
+            return ("explains classifiers with one score per class, but the model's output has shape "
+                    f"{list(model.output_spec.sample_shape)}")
         return None
 
     def explain(self, ctx: MethodContext, **kwargs: Any) -> Explanation:

@@ -97,8 +97,7 @@ class NeflagMethod(Method):
         reason = super().can_explain(model=model, data=data)
         if reason:
             return reason
-        out = [s for s in model.output_spec.sample_shape if s not in (None, 1)]
-        if len(out) > 1:
+        if not model.outputs_score_vector:
             return (f"explains one class score per input, but the model's outputs have shape "
                     f"{tuple(model.output_spec.sample_shape)} (not a vector of class scores)")
         return None
