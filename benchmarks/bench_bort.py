@@ -115,7 +115,7 @@ def audit_times(width: int, with_method: bool) -> dict[str, Any]:
     res = {"layers": len(layers), "params": sum(layer.n_params for layer in layers), "audit_s": t_audit,
            "svd_s": t_svd, "max_rel_diff": worst}
     if with_method:
-        from governance.method import MethodContext
+        from governance.contract.method import MethodContext
         from governance_plugins.bort.method import BortAudit
 
         loaded = as_loaded(model, (3, 32, 32), name="resnet18-shaped")

@@ -53,7 +53,7 @@ def register_models(root: Path, n_eval: int) -> tuple[str, list[str], Path]:
 
 def plugin_paths(root: Path, methods: list[str] | None) -> tuple[list[str], list[str], dict]:
     """(methods, extra sys.path entries, per-method config)."""
-    from governance.plugins import PluginHost
+    from governance.host.plugins import PluginHost
 
     host = PluginHost(strict=False)
     if methods:
@@ -85,7 +85,7 @@ def main() -> None:
         methods, extra, config = plugin_paths(root, args.methods.split(",") if args.methods else None)
         sys.path[:0] = extra
         os.environ["PYTHONPATH"] = os.pathsep.join([*extra, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        from governance.plugins import get_plugin_host
+        from governance.host.plugins import get_plugin_host
 
         get_plugin_host(refresh=True)
         t = time.perf_counter()
@@ -97,7 +97,7 @@ def main() -> None:
               f"here {torch.get_num_threads()}, in each Ray worker 1 (Ray sets OMP_NUM_THREADS per task)")
 
         import governance.api as api
-        from governance.executor import LocalExecutor, RayExecutor
+        from governance.run.executors import LocalExecutor, RayExecutor
 
         job = dict(methods=methods, data=str(data), tracking_uri=tracking, config=config, force=True, seed=0)
         rows = []

@@ -27,7 +27,7 @@ def _models(args, workdir: Path):
     """(label, reviewed LoadedModel, peer LoadedModel, Dataset, sample_shape, batch_size) per network."""
     import torch
 
-    from governance.dataset import Dataset
+    from governance.contract.dataset import Dataset
     from governance.testing.models import as_loaded, as_onnx_loaded, trained_digits_cnn
     from governance.testing.resnet import resnet18_shaped
 
@@ -111,7 +111,7 @@ def throughput(model, ds, n: int, batch: int, repeats: int) -> dict[str, float]:
 
 
 def end_to_end(model, peer, ds, n: int, n_samples: int, workdir: Path, solver: str) -> dict[str, float]:
-    from governance.method import MethodContext
+    from governance.contract.method import MethodContext
     from governance_plugins.interaction.method import InteractionMethod
 
     cfg = InteractionMethod.parse_config({"n_variables": n, "n_samples": n_samples, "target": "predicted",

@@ -103,7 +103,7 @@ def _interpreter_params(model, X, layers) -> int:
 
 
 def full_run(quick: bool) -> dict:
-    from governance.method import MethodContext
+    from governance.contract.method import MethodContext
     from governance.testing.models import as_loaded, trained_digits_cnn
     from governance_plugins.interpreter.method import FlintMethod
 

@@ -70,7 +70,7 @@ def calibrated_resnet(seed: int):
 
 
 def context(model, data, raw: dict, workdir: Path, seed: int):
-    from governance.method import MethodContext
+    from governance.contract.method import MethodContext
     from governance_plugins.neflag.method import NeflagMethod
 
     return MethodContext(model=model, data=data, config=NeflagMethod.parse_config(raw), seed=seed, workdir=workdir)
@@ -168,7 +168,7 @@ def main() -> None:
 
     import torch
 
-    from governance.dataset import Dataset
+    from governance.contract.dataset import Dataset
     from governance.testing import models as tm
 
     n_digits = args.digits_inputs or (16 if args.quick else 32)

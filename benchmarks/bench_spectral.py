@@ -33,7 +33,7 @@ def best_of(fn, repeats: int) -> float:
 
 
 def run_case(label: str, model, data, budgets: list[float], base_cfg: dict, workdir: Path, repeats: int) -> list[dict]:
-    from governance.method import MethodContext
+    from governance.contract.method import MethodContext
     from governance_plugins.spectral import basis as B
     from governance_plugins.spectral import fit as F
     from governance_plugins.spectral.method import SpectralSurrogate

@@ -2,7 +2,9 @@
 
 Public API (imported lazily so that ``governance --help`` stays fast)::
 
-    from governance import hookimpl, Method, MethodConfig, MethodContext, Requirement, Explanation
+    from governance import hookimpl, Method, MethodConfig, MethodContext, Requirement, Explanation, Control
+    from governance.errors import MethodError          # every error class; governance.figures: pyplot()
+    from governance.quality import deletion_insertion  # shared quality metrics and control margins
     from governance import explain, report_model, load, resolve    # the Python entry points
     from governance.report import build_report, verify_report       # reports from RunResults
 """
@@ -13,19 +15,24 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from governance.hookspecs import HOOK_API_VERSION, hookimpl  # noqa: E402  (pluggy only: cheap)
+from governance.contract.hookspecs import HOOK_API_VERSION, hookimpl  # noqa: E402  (pluggy only: cheap)
 
 _LAZY = {
-    "Method": "governance.method",
-    "MethodConfig": "governance.method",
-    "MethodContext": "governance.method",
-    "Requirement": "governance.method",
-    "Explanation": "governance.results",
-    "RunResult": "governance.results",
-    "Dataset": "governance.dataset",
-    "LoadedModel": "governance.model",
-    "ModelVersionInfo": "governance.model",
-    "TensorSpec": "governance.model",
+    "Method": "governance.contract.method",
+    "MethodConfig": "governance.contract.method",
+    "MethodContext": "governance.contract.method",
+    "Requirement": "governance.contract.method",
+    "Explanation": "governance.contract.results",
+    "RunResult": "governance.contract.results",
+    "Dataset": "governance.contract.dataset",
+    "LoadedModel": "governance.contract.model",
+    "ModelVersionInfo": "governance.contract.model",
+    "TensorSpec": "governance.contract.model",
+    "Control": "governance.contract.evidence",
+    "GovernanceError": "governance.contract.errors",
+    "ConfigError": "governance.contract.errors",
+    "DataError": "governance.contract.errors",
+    "MethodError": "governance.contract.errors",
     "explain": "governance.api",
     "report_model": "governance.api",
     "resolve": "governance.api",

@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from governance.results import RunResult
+from governance.contract.results import RunResult
 
 
 def _host(plugins: Sequence[str] | None = None) -> Any:
-    from governance.plugins import get_plugin_host
+    from governance.host.plugins import get_plugin_host
 
     return get_plugin_host(allow=list(plugins)) if plugins is not None else get_plugin_host()
 
@@ -44,8 +44,8 @@ def explain(
     """Explain one model version with the selected methods (all installed ones by default) and log
     everything to a new MLflow run. A finished run with the same model and configuration is reused unless
     ``force`` (then the new run supersedes it)."""
-    from governance.pipeline import Pipeline, RunOptions
-    from governance.tracking import resolve_tracking_uri
+    from governance.run.pipeline import Pipeline, RunOptions
+    from governance.host.tracking import resolve_tracking_uri
 
     opts = RunOptions(
         methods=list(methods) if methods is not None else None, data=str(data) if data else None, target=target,
@@ -70,10 +70,10 @@ def explain_many(
     """Explain several model versions with the same settings (``kwargs`` as for :func:`explain`), fanned
     out by an executor: ``"local"`` (one after the other, here) or ``"ray"`` (one Ray task per model, each
     loading its own model; ``pip install 'governance[ray]'``). Results come back in input order; see
-    :meth:`governance.executor.Executor.map_models` for ``return_exceptions``. ``workdir`` gets one
+    :meth:`governance.run.executors.Executor.map_models` for ``return_exceptions``. ``workdir`` gets one
     sub-folder per model. A ``progress`` callback is only used by in-process executors."""
-    from governance.errors import ConfigError
-    from governance.executor import ExplainJob, get_executor
+    from governance.contract.errors import ConfigError
+    from governance.run.executors import ExplainJob, get_executor
 
     uris = list(model_uris)
     if not uris:
@@ -85,7 +85,7 @@ def explain_many(
         if not ex.in_process:
             kwargs.pop("progress", None)
         if kwargs.get("tracking_uri") is None:  # workers must write to the store this process would use
-            from governance.tracking import resolve_tracking_uri
+            from governance.host.tracking import resolve_tracking_uri
 
             kwargs["tracking_uri"] = resolve_tracking_uri(None)
         if not ex.in_process and str(kwargs["tracking_uri"]).startswith("sqlite:///"):
@@ -102,8 +102,8 @@ def explain_many(
 
 def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: str | Path | None = None):
     """Resolve a model URI to a ModelVersionInfo (downloads and hashes the files)."""
-    from governance.registry import resolve as _resolve
-    from governance.tracking import check_reachable, resolve_tracking_uri
+    from governance.host.registry import resolve as _resolve
+    from governance.host.tracking import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if not model_uri.startswith(("/", ".")) and not model_uri.endswith(".onnx"):
@@ -114,7 +114,7 @@ def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: st
 
 def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None):
     """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view."""
-    from governance.pipeline import load_model
+    from governance.run.pipeline import load_model
 
     info = resolve(model_uri, tracking_uri=tracking_uri)
     return load_model(info, device=device, batch_size=batch_size, host=_host())

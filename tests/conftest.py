@@ -66,7 +66,7 @@ def _clean_mlflow_env(monkeypatch):
 @pytest.fixture
 def test_plugins():
     """Make the fixture distribution (entry points `testplugin` and `broken`) discoverable."""
-    from governance.plugins import get_plugin_host
+    from governance.host.plugins import get_plugin_host
 
     sys.path.insert(0, str(FIXTURE_PLUGINS))
     host = get_plugin_host(refresh=True)

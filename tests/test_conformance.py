@@ -59,7 +59,7 @@ def test_unknown_plugin_and_method_names_say_what_is_installed():
 
 # ------------------------------------------------------------------------- built-in methods, once merged
 def _builtin_methods() -> list[tuple[str, str]]:
-    from governance.plugins import PluginHost
+    from governance.host.plugins import PluginHost
 
     host = PluginHost(strict=False)
     return sorted((name, host.plugin_of(name)) for name in host.methods
@@ -93,7 +93,7 @@ def _good_class(**overrides):
     def explain(self, ctx, **kwargs):
         X = ctx.data.X
         drop = ctx.model.predict(X) - ctx.model.predict(np.broadcast_to(ctx.data.baseline, X.shape).copy())
-        fig, ax = __import__("governance.figures", fromlist=["pyplot"]).pyplot().subplots(figsize=(4, 2))
+        fig, ax = __import__("governance.contract.figures", fromlist=["pyplot"]).pyplot().subplots(figsize=(4, 2))
         ax.plot(np.abs(drop).mean(0))
         ax.set_title("drop")
         return Explanation(method=self.name, summary="Baseline drop computed.",

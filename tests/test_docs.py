@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from governance import hookspecs
+from governance.contract import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS_MD = (ROOT / "docs" / "hooks.md").read_text()
@@ -137,7 +137,7 @@ def test_documented_executor_options_exist():
     import inspect as _inspect
 
     from governance.api import explain, explain_many
-    from governance.executor import EXECUTORS, RayExecutor
+    from governance.run.executors import EXECUTORS, RayExecutor
 
     text = (ROOT / "docs" / "executors.md").read_text()
     assert set(re.findall(r"^\| `(\w+)`", text, re.M)) == set(EXECUTORS)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from governance import Explanation, Method, Requirement, hookimpl
-from governance.errors import ConfigError
-from governance.mlflow_evaluator import GovernanceEvaluator, parse_evaluator_config
+from governance.contract.errors import ConfigError
+from governance.integrations.mlflow_evaluator import GovernanceEvaluator, parse_evaluator_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method")
 
@@ -137,8 +137,8 @@ def test_torch_model_gets_every_method_in_the_callers_run(store, methods, tmp_pa
     assert doc["model"]["runtime"]["runtime"] == "torch" and doc["model"]["runtime"]["gradients"]
     assert doc["model"]["kind"] == "logged_model" and doc["data"]["n_samples"] == 40
     # the numbers are the method's, on exactly these samples: recompute occlusion directly
-    from governance.dataset import Dataset
-    from governance.method import MethodContext
+    from governance.contract.dataset import Dataset
+    from governance.contract.method import MethodContext
     from governance.testing.models import as_loaded
 
     occlusion = methods.methods["occlusion"]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import governance.api
-from governance.errors import ConfigError, ModelResolutionError
-from governance.executor import ExplainJob, LocalExecutor, RayExecutor, get_executor, workdir_name
+from governance.contract.errors import ConfigError, ModelResolutionError
+from governance.run.executors import ExplainJob, LocalExecutor, RayExecutor, get_executor, workdir_name
 from tests.conftest import FIXTURE_PLUGINS
 
 try:

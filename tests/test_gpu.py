@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_torch_model_runs_on_cuda_and_matches_cpu():
-    from governance.runtimes.device import torch_device
-    from governance.runtimes.torch_model import TorchModel
+    from governance.host.runtimes.device import torch_device
+    from governance.host.runtimes.torch_model import TorchModel
     from governance.testing.models import trained_digits_cnn
 
     module, ds = trained_digits_cnn(epochs=2)
@@ -26,7 +26,7 @@ def test_torch_model_runs_on_cuda_and_matches_cpu():
 
 
 def test_auto_picks_cuda():
-    from governance.runtimes.device import torch_device
+    from governance.host.runtimes.device import torch_device
 
     assert torch_device("auto") == "cuda"
 
@@ -35,8 +35,8 @@ def test_onnx_cuda_request_is_honest(tmp_path):
     """Either ONNX Runtime really runs on CUDA, or --device cuda fails loudly: never a silent CPU fallback."""
     import onnxruntime as ort
 
-    from governance.errors import ModelLoadError
-    from governance.runtimes.onnx_model import OnnxModel
+    from governance.contract.errors import ModelLoadError
+    from governance.host.runtimes.onnx_model import OnnxModel
     from governance.testing.models import digits_cnn, export_onnx
 
     path = export_onnx(digits_cnn().eval(), (1, 8, 8), tmp_path / "m.onnx")
@@ -50,8 +50,8 @@ def test_onnx_cuda_request_is_honest(tmp_path):
 
 
 def _gradient_methods():
-    from governance.method import Requirement
-    from governance.plugins import get_plugin_host
+    from governance.contract.method import Requirement
+    from governance.host.plugins import get_plugin_host
 
     host = get_plugin_host()
     return [cls for name, cls in sorted(host.methods.items())
@@ -61,8 +61,8 @@ def _gradient_methods():
 @pytest.mark.parametrize("method_cls", _gradient_methods() if torch.cuda.is_available() else [],
                          ids=lambda c: c.name)
 def test_gradient_methods_run_on_cuda(method_cls, tmp_path):
-    from governance.method import MethodContext
-    from governance.runtimes.torch_model import TorchModel
+    from governance.contract.method import MethodContext
+    from governance.host.runtimes.torch_model import TorchModel
     from governance.testing.models import trained_digits_cnn
 
     module, ds = trained_digits_cnn(epochs=2)

@@ -7,9 +7,9 @@ import click
 import pytest
 
 from governance import Explanation, Method, hookimpl
-from governance.errors import ModelLoadError
-from governance.model import ModelVersionInfo
-from governance.plugins import PluginHost
+from governance.contract.errors import ModelLoadError
+from governance.contract.model import ModelVersionInfo
+from governance.host.plugins import PluginHost
 
 
 class Echo(Method):
@@ -51,7 +51,7 @@ def test_register_commands_adds_a_cli_subcommand(monkeypatch, cli_invoke):
                 """Say hello."""
                 click.echo(f"hello {who}")
 
-    monkeypatch.setattr("governance.plugins._default_host", _host(Plugin()))
+    monkeypatch.setattr("governance.host.plugins._default_host", _host(Plugin()))
     monkeypatch.setattr(cli, "_plugins_added", False, raising=False)
     try:
         code, out, err = cli_invoke("hello-hook", "world")
@@ -63,7 +63,7 @@ def test_register_commands_adds_a_cli_subcommand(monkeypatch, cli_invoke):
 
 
 def test_load_model_is_firstresult_and_later_plugins_win(tmp_path):
-    from governance.pipeline import load_model
+    from governance.run.pipeline import load_model
     from governance.testing.models import as_loaded, tabular_mlp
 
     model = as_loaded(tabular_mlp(4, 2, (3,)), (4,))
@@ -132,7 +132,7 @@ class Recorder:
 @pytest.fixture(scope="module")
 def lifecycle(registry, tmp_path_factory):
     """One real run (and its reuse) with a recorder plugin."""
-    from governance.pipeline import Pipeline, RunOptions
+    from governance.run.pipeline import Pipeline, RunOptions
 
     recorder = Recorder()
     host = PluginHost(allow=[])  # host loaders only, plus the recorder

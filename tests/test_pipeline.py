@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import governance
-from governance.errors import DataError, ModelLoadError, ModelResolutionError, TrackingError
+from governance.contract.errors import DataError, ModelLoadError, ModelResolutionError, TrackingError
 
 
 def _run_ids(registry, experiment="governance"):
@@ -45,8 +45,8 @@ def test_occlusion_oracle_on_a_linear_model(tmp_path):
 
     import torch
 
-    from governance.dataset import Dataset
-    from governance.method import MethodContext
+    from governance.contract.dataset import Dataset
+    from governance.contract.method import MethodContext
     from governance.testing.models import as_loaded
     from tests.conftest import FIXTURE_PLUGINS
 
@@ -167,7 +167,7 @@ def test_logged_dataset_of_the_source_run_is_used(registry, test_plugins, tmp_pa
 
 
 def test_failed_upload_marks_run_failed_and_keeps_results(registry, test_plugins, tmp_path, monkeypatch):
-    from governance.sink import MlflowSink
+    from governance.run.sink import MlflowSink
 
     real = MlflowSink.log_explanation
 
@@ -187,8 +187,8 @@ def test_failed_upload_marks_run_failed_and_keeps_results(registry, test_plugins
 
 
 def test_settings_file_sets_defaults_and_block_list(registry, test_plugins, tmp_path, monkeypatch):
-    from governance.plugins import PluginHost
-    from governance.tracking import resolve_tracking_uri
+    from governance.host.plugins import PluginHost
+    from governance.host.tracking import resolve_tracking_uri
 
     cfg = tmp_path / "governance.toml"
     cfg.write_text(f'tracking_uri = "{registry.uri}"\n[plugins]\nblock = ["testplugin"]\n')
@@ -199,7 +199,7 @@ def test_settings_file_sets_defaults_and_block_list(registry, test_plugins, tmp_
     monkeypatch.setenv("GOVERNANCE_BLOCK_PLUGINS", "")
     assert PluginHost().record("testplugin").status == "loaded"  # the environment beats the file
     cfg.write_text("trackin_uri = 'x'\n")
-    from governance.errors import ConfigError
+    from governance.contract.errors import ConfigError
 
     with pytest.raises(ConfigError, match="trackin_uri"):
         PluginHost()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from governance import hookimpl
-from governance.errors import ConfigError, PluginError
-from governance.plugins import PluginHost
+from governance.contract.errors import ConfigError, PluginError
+from governance.host.plugins import PluginHost
 
 
 def test_entry_point_plugin_is_discovered_and_broken_one_reported(test_plugins):

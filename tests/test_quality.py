@@ -1,4 +1,4 @@
-"""governance.quality: the shared explanation-quality metrics, checked on cases with known answers."""
+"""governance.quality.attribution: the shared explanation-quality metrics, checked on cases with known answers."""
 
 from __future__ import annotations
 

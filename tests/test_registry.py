@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from governance.errors import ModelResolutionError
-from governance.registry import parse_model_uri, resolve
+from governance.contract.errors import ModelResolutionError
+from governance.host.registry import parse_model_uri, resolve
 
 
 @pytest.mark.parametrize("uri, kind, name, version, alias", [

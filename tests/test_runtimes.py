@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from governance.errors import DataError, MethodError, ModelLoadError
-from governance.runtimes.device import ort_providers, torch_device
+from governance.contract.errors import DataError, MethodError, ModelLoadError
+from governance.host.runtimes.device import ort_providers, torch_device
 from governance.testing.models import as_loaded, as_onnx_loaded, digits_cnn, tabular_mlp
 
 
@@ -62,7 +62,7 @@ def test_unsupported_onnx_op_gives_forward_only_model_with_reason(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from governance.runtimes.onnx_model import OnnxModel
+    from governance.host.runtimes.onnx_model import OnnxModel
 
     node = helper.make_node("Hardmax", ["x"], ["y"], axis=1)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
@@ -76,7 +76,7 @@ def test_unsupported_onnx_op_gives_forward_only_model_with_reason(tmp_path):
 
 
 def test_corrupt_onnx_file_is_a_load_error(tmp_path):
-    from governance.runtimes.onnx_model import OnnxModel
+    from governance.host.runtimes.onnx_model import OnnxModel
 
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"\x08\x07garbage-not-a-model")

@@ -34,7 +34,7 @@ def say(msg: str) -> None:
 
 def train_versions(kind: str, epochs: tuple[int, int]):
     """Two versions: v1 under-trained, v2 trained longer (a realistic 'new version')."""
-    from governance.dataset import Dataset
+    from governance import Dataset
     from governance.testing.models import (breast_cancer_dataset, digits_cnn, digits_dataset, tabular_mlp,
                                            train)
 
@@ -101,7 +101,7 @@ def main() -> int:
     import mlflow
 
     import governance
-    from governance.tracking import client as make_client
+    from governance.host.tracking import client as make_client
 
     t0 = time.time()
     mlflow.set_tracking_uri(args.tracking_uri)

@@ -56,7 +56,7 @@ class LazyGroup(click.Group):
             return
         self._plugins_added = True
         try:
-            from governance.plugins import get_plugin_host
+            from governance.host.plugins import get_plugin_host
 
             get_plugin_host().hook.register_commands(cli=self)
         except Exception as exc:  # never let a plugin break the CLI itself
@@ -79,7 +79,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: GovernanceError -> one clear message and its exit code."""
-    from governance.errors import GovernanceError
+    from governance.contract.errors import GovernanceError
 
     try:
         return cli.main(args=argv, prog_name="governance", standalone_mode=False)

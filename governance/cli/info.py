@@ -16,7 +16,7 @@ from governance.cli.options import echo_json, json_option, tracking_option
 @json_option
 def plugins_cmd(show_all: bool, hook: str | None, requirements: bool, as_json: bool) -> None:
     """List installed plugins: name, version, source package, methods, hooks, load errors."""
-    from governance.plugins import get_plugin_host
+    from governance.host.plugins import get_plugin_host
 
     host = get_plugin_host()
     records = [r for r in host.records if show_all or r.status in ("loaded", "failed")]
@@ -60,10 +60,10 @@ def plugins_cmd(show_all: bool, hook: str | None, requirements: bool, as_json: b
 @json_option
 def doctor_cmd(tracking_uri: str | None, as_json: bool) -> None:
     """Check versions, execution providers, devices, plugins and the tracking store."""
-    from governance.environment import describe_environment
-    from governance.errors import GovernanceError
-    from governance.plugins import get_plugin_host
-    from governance.tracking import check_reachable, resolve_tracking_uri
+    from governance.host.environment import describe_environment
+    from governance.contract.errors import GovernanceError
+    from governance.host.plugins import get_plugin_host
+    from governance.host.tracking import check_reachable, resolve_tracking_uri
 
     report = describe_environment()
     uri = resolve_tracking_uri(tracking_uri)

@@ -16,7 +16,7 @@ def execute_many(model_uris: tuple[str, ...], executor: str, *, as_json: bool, *
     from governance.api import explain_many
     from governance.cli import EXIT_METHODS_FAILED
     from governance.cli.run import print_run_summary
-    from governance.errors import GovernanceError
+    from governance.contract.errors import GovernanceError
 
     outcomes = explain_many(
         list(model_uris), executor=executor, return_exceptions=True, methods=split_csv(options["methods"]),

@@ -8,14 +8,14 @@ from typing import Any, Callable
 
 import click
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 
 
 def _from_settings(key: str, default: str) -> Callable[[], str]:
-    """A click default read from the settings file at parse time (governance.config)."""
+    """A click default read from the settings file at parse time (governance.host.settings)."""
 
     def value() -> str:
-        from governance.config import setting
+        from governance.host.settings import setting
 
         return str(setting(key, default))
 
@@ -111,6 +111,6 @@ def method_config(config_file: str | None, overrides: tuple[str, ...]) -> dict[s
 
 
 def echo_json(obj: Any) -> None:
-    from governance.results import jsonable
+    from governance.contract.results import jsonable
 
     click.echo(json.dumps(jsonable(obj), indent=2))

@@ -28,9 +28,9 @@ def _signer(text: str | None) -> dict[str, str] | None:
 
 def _with_settings(policy: str | None, template_dirs: tuple[str, ...], out_dir: str | None,
                    signer: str | None) -> tuple[str | None, tuple[str, ...], str, str | None]:
-    """Fill what the command line left out from the settings file's ``[report]`` table (governance.config):
+    """Fill what the command line left out from the settings file's ``[report]`` table (governance.host.settings):
     ``policy``, ``template_dirs``, ``out_dir``, ``signer``."""
-    from governance.config import setting
+    from governance.host.settings import setting
 
     if policy is None:
         policy = setting("report.policy")
@@ -41,8 +41,8 @@ def _with_settings(policy: str | None, template_dirs: tuple[str, ...], out_dir: 
 
 
 def _load_run_folder(folder: Path) -> Any:
-    from governance.errors import ReportError
-    from governance.results import run_from_dict
+    from governance.contract.errors import ReportError
+    from governance.contract.results import run_from_dict
 
     run_json = folder / "run.json"
     if not run_json.is_file():
@@ -98,7 +98,7 @@ def _print_report(result: Any) -> None:
 def _exit_code(result: Any) -> int:
     """With a policy the verdict decides (11 on fail); without one, a run with failed methods gives 10."""
     from governance.cli import EXIT_METHODS_FAILED
-    from governance.policy import exit_code
+    from governance.report.policy import exit_code
 
     if result.policy is not None:
         return exit_code(result.verdict)
@@ -137,7 +137,7 @@ def report_cmd(model_uri: str | None, methods: str | None, data: str | None, tar
     method failed, else 0. Defaults for --policy, --template-dir, --out and --signer can be set in the
     settings file's [report] table (policy, template_dirs, out_dir, signer).
     """
-    from governance.errors import ConfigError
+    from governance.contract.errors import ConfigError
     from governance.report.build import build_report
     from governance.report.publish import report_folder_name
 
@@ -221,8 +221,8 @@ def policy_check_cmd(policy: str, run: str, as_json: bool) -> None:
 
     Exit code 11 when a required check fails, 0 otherwise (also when nothing could be evaluated).
     """
-    from governance.errors import ConfigError
-    from governance.policy import evaluate_policy, exit_code
+    from governance.contract.errors import ConfigError
+    from governance.report.policy import evaluate_policy, exit_code
 
     path = Path(run)
     if path.is_dir():

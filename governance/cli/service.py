@@ -132,8 +132,8 @@ def worker_options(fn: Callable) -> Callable:
 
 def _settings_from(kw: dict[str, Any]) -> Any:
     """The report settings from the command's options; report.* defaults from the settings file, as
-    `governance report` reads them (governance.config)."""
-    from governance.config import setting
+    `governance report` reads them (governance.host.settings)."""
+    from governance.host.settings import setting
     from governance.service.jobs import ReportSettings
 
     template_dirs = kw.pop("template_dirs") or setting("report.template_dirs") or ()
@@ -343,7 +343,7 @@ def _queue_of(ctx: click.Context, queue_url: str | None) -> Any:
 @click.pass_context
 def jobs_show(ctx: click.Context, job_id: int, as_json: bool, queue_url: str | None) -> None:
     """One job in full: payload, result or error, and its history."""
-    from governance.errors import ConfigError
+    from governance.contract.errors import ConfigError
 
     queue = _queue_of(ctx, queue_url)
     job = queue.get(job_id)
@@ -569,7 +569,7 @@ def webhook_install(url: str, name: str, description: str | None, test: bool, tr
     and, for http:// or private-network receivers, MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https and
     MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true.
     """
-    from governance.errors import TrackingError
+    from governance.contract.errors import TrackingError
     from governance.service.config import webhook_secrets
     from governance.service.webhooks import explain_test_failure, install_webhook
 

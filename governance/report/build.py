@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from governance.errors import ReportError
+from governance.contract.errors import ReportError
 from governance.report import manifest as mf
 
 log = logging.getLogger("governance.report")
@@ -135,17 +135,17 @@ def build_report(
     plugin_host: Any = None,
     generated_at: str | None = None,
 ) -> ReportResult:
-    """Build the report for one run (a :class:`~governance.results.RunResult` or its ``to_dict()``).
+    """Build the report for one run (a :class:`~governance.contract.results.RunResult` or its ``to_dict()``).
 
     ``workdir`` (default ``run.workdir``) holds the evidence (``explanations/<method>/...``); without it
     the report has no figures and lists no artifacts. ``policy`` is a path, a dict or a ``Policy``;
     ``model_card`` a YAML path or a dict; ``template_dirs`` override shipped templates; ``signer``
     ({name, role, organisation, email}) names the person who signs the report first.
     """
-    from governance.policy import evaluate_policy
+    from governance.report.policy import evaluate_policy
     from governance.report.card import resolve_human_fields
     from governance.report.document import build_document
-    from governance.results import jsonable
+    from governance.contract.results import jsonable
 
     if hasattr(run, "to_dict"):
         run_doc = run.to_dict()
@@ -169,7 +169,7 @@ def build_report(
         notes.append("no run folder was given: the report has no figures and lists no evidence artifacts")
         workdir = None
     if plugin_host is None:
-        from governance.plugins import get_plugin_host
+        from governance.host.plugins import get_plugin_host
 
         plugin_host = get_plugin_host()
 

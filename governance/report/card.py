@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 
 TAG_PREFIX = "governance."
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from governance.errors import TrackingError
+from governance.contract.errors import TrackingError
 from governance.report.build import ReportResult, build_report
 
 log = logging.getLogger("governance.report")
@@ -73,7 +73,7 @@ def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None =
     if not run_id:
         raise TrackingError("the run has no MLflow run id, so the report cannot be logged",
                             hint="report on a run made by `governance run`/`governance.explain`, or use --no-log")
-    from governance.tracking import client as make_client, resolve_tracking_uri
+    from governance.host.tracking import client as make_client, resolve_tracking_uri
 
     client = make_client(resolve_tracking_uri(uri))
     try:
@@ -132,9 +132,9 @@ def report_for_model(
     ``out_dir/<name>-v<version>/`` (or ``out_dir`` itself when ``subfolder`` is false), log it to the run
     and tag the model version. The result's ``status`` is what ``governance.status`` was set to."""
     from governance.api import explain
-    from governance.policy import load_policy
+    from governance.report.policy import load_policy
     from governance.report.card import load_model_card
-    from governance.tracking import resolve_tracking_uri
+    from governance.host.tracking import resolve_tracking_uri
 
     # read the user's files first: a typo in the policy must not cost a whole run
     policy_obj = load_policy(policy) if policy is not None else None
@@ -143,7 +143,7 @@ def report_for_model(
     template_dirs = [Path(d) for d in template_dirs]
     for d in template_dirs:
         if not d.is_dir():
-            from governance.errors import ReportError
+            from governance.contract.errors import ReportError
 
             raise ReportError(f"template folder {d} does not exist",
                               hint="pass --template-dir with a folder holding your overriding templates")
@@ -153,7 +153,7 @@ def report_for_model(
                   reuse=reuse, plugins=plugins, progress=progress,
                   invocation=invocation or f"governance.report({model_uri!r})")
     try:
-        from governance.tracking import client as make_client
+        from governance.host.tracking import client as make_client
 
         run.model["previous_version"] = previous_version_record(make_client(uri), run.model)
     except Exception as exc:  # pragma: no cover - best effort, see previous_version_record

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from governance.errors import ReportError
+from governance.contract.errors import ReportError
 from governance.report.manifest import EVIDENCE_DIR, MANIFEST_SCHEMA, sha256_bytes, sha256_file
 
 OK, FAIL, SKIPPED = "ok", "fail", "skipped"

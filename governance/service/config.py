@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 
 SECRET_ENV = "GOVERNANCE_WEBHOOK_SECRET"
 #: the previous secret, still accepted while a rotation is under way (optional)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from governance.errors import ModelLoadError, ModelResolutionError
+from governance.contract.errors import ModelLoadError, ModelResolutionError
 from governance.service.jobs import ReportSettings
 from governance.service.queue import Job
 from governance.service.worker import RetryLater
@@ -28,7 +28,7 @@ def check_version_ready(tracking_uri: str | None, name: str, version: str) -> No
     """
     from mlflow.exceptions import MlflowException
 
-    from governance.tracking import client, resolve_tracking_uri
+    from governance.host.tracking import client, resolve_tracking_uri
 
     try:
         mv = client(resolve_tracking_uri(tracking_uri)).get_model_version(name, version)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 from governance.service.triggers import Trigger
 
 JOB_KIND = "report"

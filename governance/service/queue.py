@@ -206,7 +206,7 @@ class JobQueue:
             if row is None:
                 tx.execute("INSERT INTO meta (k, v) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(row["v"]) > SCHEMA_VERSION:
-                from governance.errors import ConfigError
+                from governance.contract.errors import ConfigError
 
                 raise ConfigError(
                     f"the queue {self.path} was written by a newer governance (schema {row['v']})",
@@ -517,7 +517,7 @@ class JobQueue:
 
 
 def _not_in_state(db: sqlite3.Connection, job_id: int, verb: str, wanted: str) -> Exception:
-    from governance.errors import ConfigError
+    from governance.contract.errors import ConfigError
 
     row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
     if row is None:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 from governance.service.jobs import ReportSettings, job_spec
 from governance.service.queue import JobQueue
 from governance.service.triggers import Trigger, TriggerRules
@@ -57,7 +57,7 @@ def schedule_pass(
         raise ConfigError("schedule needs at least one --alias", hint="e.g. governance schedule --alias champion")
     rules = TriggerRules(created=False, aliases=tuple(aliases), models=tuple(models))
     if client is None:
-        from governance.tracking import client as tracking_client, resolve_tracking_uri
+        from governance.host.tracking import client as tracking_client, resolve_tracking_uri
 
         client = tracking_client(resolve_tracking_uri(settings.tracking_uri))
     fingerprint = settings.fingerprint()

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 
 EVENT_CREATED = "model_version.created"
 EVENT_ALIAS = "model_version_alias.created"

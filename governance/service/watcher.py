@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from governance.errors import TrackingError
+from governance.contract.errors import TrackingError
 from governance.service.jobs import ReportSettings, job_spec
 from governance.service.queue import JobQueue
 from governance.service.triggers import TagRule, Trigger, TriggerRules
@@ -80,7 +80,7 @@ class Watcher:
         on_enqueued: Callable[[], None] | None = None,
     ) -> None:
         if client is None:
-            from governance.tracking import client as tracking_client, resolve_tracking_uri
+            from governance.host.tracking import client as tracking_client, resolve_tracking_uri
 
             client = tracking_client(resolve_tracking_uri(settings.tracking_uri))
         self.client = client

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from governance.errors import ConfigError, TrackingError
+from governance.contract.errors import ConfigError, TrackingError
 from governance.service.triggers import TriggerRules
 
 DEFAULT_NAME = "governance"
@@ -35,7 +35,7 @@ class InstallResult:
 
 
 def _client(tracking_uri: str | None) -> Any:
-    from governance.tracking import client, resolve_tracking_uri
+    from governance.host.tracking import client, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if urlparse(uri).scheme not in ("http", "https"):

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from governance.errors import ConfigError, GovernanceError, TrackingError
+from governance.contract.errors import ConfigError, GovernanceError, TrackingError
 from governance.service.queue import ERROR_PERMANENT, ERROR_TRANSIENT, FINAL_STATES, Job, JobQueue
 
 log = logging.getLogger("governance.service.worker")

@@ -42,10 +42,10 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from governance.dataset import Dataset
-from governance.method import Method, MethodConfig, MethodContext, Requirement
-from governance.model import LoadedModel
-from governance.results import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, Explanation
+from governance.contract.dataset import Dataset
+from governance.contract.method import Method, MethodConfig, MethodContext, Requirement
+from governance.contract.model import LoadedModel
+from governance.contract.results import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, Explanation
 
 MODELS = ("digits-cnn", "bc-mlp")
 RUNTIMES = ("torch", "onnx")
@@ -161,7 +161,7 @@ class ForwardOnlyModel(LoadedModel):
 
 # ------------------------------------------------------------------------------------------ resolving
 def _host(plugin: str | None) -> Any:
-    from governance.plugins import PluginHost
+    from governance.host.plugins import PluginHost
 
     return PluginHost(allow=[plugin] if plugin else None, strict=False)
 
@@ -221,8 +221,8 @@ def check_class_contract(cls: type) -> None:
 
 def check_registration(cls: type[Method], plugin: str) -> None:
     """``plugin`` (an entry-point name in the ``governance.plugins`` group) loads and registers ``cls``."""
-    from governance.errors import GovernanceError
-    from governance.hookspecs import ENTRY_POINT_GROUP, HOOK_API_VERSION
+    from governance.contract.errors import GovernanceError
+    from governance.contract.hookspecs import ENTRY_POINT_GROUP, HOOK_API_VERSION
 
     try:
         host = _host(plugin)
@@ -256,7 +256,7 @@ def check_cheap_import(module: str, plugin: str | None = None) -> None:
         "import importlib, json, sys\n"
         "import governance\n"
         "if sys.argv[2]:\n"
-        "    from governance.plugins import PluginHost\n"
+        "    from governance.host.plugins import PluginHost\n"
         "    PluginHost(autoload=False)\n"  # what the host itself needs is not the plugin's cost
         "before = set(sys.modules)\n"
         "PluginHost(allow=[sys.argv[2]], strict=True) if sys.argv[2] else importlib.import_module(sys.argv[1])\n"
@@ -276,7 +276,7 @@ def check_cheap_import(module: str, plugin: str | None = None) -> None:
 
 def check_config(cls: type[Method], config: dict[str, Any] | None = None) -> MethodConfig:
     """Defaults are valid, unknown keys are rejected with a ConfigError naming them, ``config`` parses."""
-    from governance.errors import ConfigError
+    from governance.contract.errors import ConfigError
 
     try:
         cls.parse_config(None)

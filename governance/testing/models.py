@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from governance.dataset import Dataset
+from governance.contract.dataset import Dataset
 
 
 def digits_dataset(n: int | None = None) -> Dataset:
@@ -118,14 +118,14 @@ def export_onnx(module: Any, sample_shape: tuple[int, ...], path: str | Path, *,
 
 def as_loaded(module: Any, sample_shape: tuple[int, ...], name: str = "in-memory") -> Any:
     """Wrap a torch module as a LoadedModel."""
-    from governance.runtimes.torch_model import TorchModel
+    from governance.host.runtimes.torch_model import TorchModel
 
     return TorchModel.from_module(module, sample_shape, name=name)
 
 
 def as_onnx_loaded(module: Any, sample_shape: tuple[int, ...], folder: str | Path, *, dynamo: bool = False) -> Any:
     """Export ``module`` to ONNX under ``folder`` and open it with ONNX Runtime (torch view included)."""
-    from governance.runtimes.onnx_model import OnnxModel
+    from governance.host.runtimes.onnx_model import OnnxModel
 
     path = export_onnx(module, sample_shape, Path(folder) / "model.onnx", dynamo=dynamo)
     return OnnxModel.from_path(path)

@@ -26,8 +26,8 @@ def governance_models() -> dict[str, Any]:
 @pytest.fixture
 def governance_context(governance_models, tmp_path) -> Callable[..., Any]:
     """Factory: ``governance_context(name, config=None, runtime="torch"|"onnx", n=64, seed=0, peers=())``
-    returns a ready :class:`~governance.method.MethodContext` over a tiny trained model."""
-    from governance.method import MethodConfig, MethodContext
+    returns a ready :class:`~governance.contract.method.MethodContext` over a tiny trained model."""
+    from governance.contract.method import MethodConfig, MethodContext
     from governance.testing.models import as_loaded, as_onnx_loaded
 
     def make(name: str = "digits-cnn", config: Any = None, runtime: str = "torch", n: int = 64, seed: int = 0,

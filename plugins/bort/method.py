@@ -17,8 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from governance.errors import GovernanceError, MethodError
-from governance.method import Method, MethodConfig, MethodContext, Requirement
-from governance.results import Explanation
+from governance import Explanation, Method, MethodConfig, MethodContext, Requirement
 from governance_plugins.bort.constants import TAG_GAMMA, TAG_OPTIMIZER
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from governance.errors import ConfigError, DataError, ModelLoadError, ModelResolutionError
-from governance.results import jsonable
+from governance.contract.results import jsonable
 from governance_plugins.bort import constants as T
 
 OPTIMIZERS = T.OPTIMIZERS
@@ -226,7 +226,7 @@ def retrain(
     import torch
     from mlflow.tracking import MlflowClient
 
-    from governance.runtimes.device import torch_device
+    from governance.host.runtimes.device import torch_device
 
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer '{optimizer}'", hint=f"choose one of: {', '.join(OPTIMIZERS)}")

@@ -14,7 +14,7 @@ def load_npz(path: str | Path) -> Any:
     (n, D) as tabular data."""
     import numpy as np
 
-    from governance.dataset import Dataset
+    from governance import Dataset
     from governance.errors import DataError
 
     try:

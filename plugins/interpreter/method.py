@@ -17,8 +17,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from governance.errors import MethodError
-from governance.method import Method, MethodConfig, MethodContext, Requirement
-from governance.results import Explanation
+from governance import Explanation, Method, MethodConfig, MethodContext, Requirement
 
 VERSION = "1.0.0"
 

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from governance.errors import MethodError
-from governance.method import MethodContext
-from governance.results import Explanation
+from governance import Explanation, MethodContext
 from governance_plugins.interpreter import metrics as M
 from governance_plugins.interpreter.activations import (as_class_logits, build_cache, bytes_per_sample,
                                                         choose_default_layers, probe_activations)

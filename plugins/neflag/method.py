@@ -10,8 +10,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from governance.errors import MethodError
-from governance.method import Method, MethodConfig, MethodContext, Requirement
-from governance.results import Explanation
+from governance import Explanation, Method, MethodConfig, MethodContext, Requirement
 
 FORM_LABELS = {
     "A": "form A (projected: 2d·E[min(0, ∇f·u)·u])",

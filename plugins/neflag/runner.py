@@ -10,8 +10,7 @@ import numpy as np
 
 from governance import quality
 from governance.errors import MethodError
-from governance.method import MethodContext
-from governance.results import Explanation
+from governance import Explanation, MethodContext
 from governance_plugins.neflag import flux
 from governance_plugins.neflag.attributions import Attributor
 from governance_plugins.neflag.figures import LABELS, attribution_maps, deletion_insertion_curves, feature_bars

@@ -38,7 +38,7 @@ def _classes():
             masked[:, idx, idx] = base.reshape(-1)[idx]
             scores = ctx.model.predict(masked.reshape(n * d, *X.shape[1:])).reshape(n, d, -1)
             attr = out[np.arange(n), target][:, None] - scores[np.arange(n), :, target]
-            plt = __import__("governance.figures", fromlist=["pyplot"]).pyplot()
+            plt = __import__("governance.contract.figures", fromlist=["pyplot"]).pyplot()
             fig, ax = plt.subplots(figsize=(5, 2.5))
             ax.bar(range(d), np.abs(attr).mean(0))
             ax.set_title("mean |occlusion| per feature")

@@ -461,7 +461,7 @@ def test_onnx_matmul_weights_are_transposed_to_rows_per_unit(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from governance.runtimes.onnx_model import OnnxModel
+    from governance.host.runtimes.onnx_model import OnnxModel
     from governance_plugins.bort.layers import model_roles, extract_layers
 
     W = np.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float32).T  # stored [in=3, out=2]... transposed: [3, 2]
@@ -610,7 +610,7 @@ def test_bort_training_makes_the_constrained_layers_bounded_orthogonal(digits_pa
 
 
 def test_method_explains_a_bort_model_against_its_baseline(digits_pair, tmp_path):
-    from governance.method import MethodContext
+    from governance.contract.method import MethodContext
     from governance.report.sections import render_method_section
     from governance.testing.models import as_loaded
     from governance_plugins.bort.method import BortAudit
@@ -644,7 +644,7 @@ def test_method_explains_a_bort_model_against_its_baseline(digits_pair, tmp_path
 
 
 def test_method_on_onnx_and_untagged_models_skips_reconstruction_with_a_reason(digits_pair, tmp_path):
-    from governance.method import MethodContext
+    from governance.contract.method import MethodContext
     from governance.report.sections import render_method_section
     from governance.testing.models import as_loaded, as_onnx_loaded
     from governance_plugins.bort.method import BortAudit
@@ -665,8 +665,8 @@ def test_method_on_onnx_and_untagged_models_skips_reconstruction_with_a_reason(d
 
 
 def test_method_config_and_requirements():
-    from governance.errors import ConfigError
-    from governance.method import Requirement
+    from governance.contract.errors import ConfigError
+    from governance.contract.method import Requirement
     from governance_plugins.bort import BortAudit, register_methods
 
     found = []
@@ -754,7 +754,7 @@ def test_retrain_cli_registers_a_bort_version_with_its_audit(mlflow_store, tmp_p
 
 
 def test_retrain_refuses_bad_inputs(tmp_path):
-    from governance.errors import ConfigError, DataError
+    from governance.contract.errors import ConfigError, DataError
     from governance_plugins.bort.retrain import load_npz, retrain
 
     np.savez(tmp_path / "bad.npz", X=np.zeros((8, 3), np.float32))

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from governance.dataset import Dataset
-from governance.errors import ConfigError, MethodError
-from governance.method import MethodContext
+from governance.contract.dataset import Dataset
+from governance.contract.errors import ConfigError, MethodError
+from governance.contract.method import MethodContext
 from governance_plugins.interaction import transforms as T
 from governance_plugins.interaction.metrics import (
     matching_precision,
@@ -602,7 +602,7 @@ def test_unknown_feature_and_bad_config_are_clear(tmp_path):
 
 
 def test_plugin_registers_and_imports_cheaply():
-    from governance.method import Requirement
+    from governance.contract.method import Requirement
     from governance_plugins.interaction.method import InteractionMethod
 
     registered = []

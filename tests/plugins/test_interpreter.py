@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from governance.dataset import Dataset
-from governance.errors import ConfigError, DataError, MethodError
-from governance.method import MethodContext
+from governance.contract.dataset import Dataset
+from governance.contract.errors import ConfigError, DataError, MethodError
+from governance.contract.method import MethodContext
 from governance.testing.models import as_loaded, as_onnx_loaded, train, trained_digits_cnn
 from governance_plugins.interpreter import metrics as M
 from governance_plugins.interpreter.activations import as_class_logits, build_cache, choose_default_layers
@@ -402,7 +402,7 @@ def test_onnx_model_with_torch_view(digits, tmp_path):
 
 def test_pt2_graph_model(digits, tmp_path):
     """MLflow's default pytorch format loads as a torch.export graph: taps come from the fx interpreter."""
-    from governance.runtimes.torch_model import TorchModel
+    from governance.host.runtimes.torch_model import TorchModel
 
     net, ds = digits
     graph = torch.export.export(net, (torch.from_numpy(ds.X[:4]),),
@@ -414,7 +414,7 @@ def test_pt2_graph_model(digits, tmp_path):
 
 
 def test_onnx_model_without_torch_view_is_skipped_with_reason(tmp_path):
-    from governance.runtimes.onnx_model import OnnxModel
+    from governance.host.runtimes.onnx_model import OnnxModel
     from governance.testing.models import export_onnx
 
     net = nn.Sequential(nn.Linear(4, 8), nn.Softplus(), nn.Linear(8, 3)).eval()  # Softplus: no torch view op

@@ -322,9 +322,9 @@ def test_settings_refuse_finite_differences_for_form_b():
 
 
 # ================================================================================== the plugin
-from governance.errors import ConfigError, MethodError  # noqa: E402
-from governance.method import MethodContext  # noqa: E402
-from governance.model import LoadedModel, ModelVersionInfo, TensorSpec  # noqa: E402
+from governance.contract.errors import ConfigError, MethodError  # noqa: E402
+from governance.contract.method import MethodContext  # noqa: E402
+from governance.contract.model import LoadedModel, ModelVersionInfo, TensorSpec  # noqa: E402
 from governance.report.sections import render_method_section  # noqa: E402
 from governance.testing import models as tm  # noqa: E402
 from governance_plugins.neflag.method import NeflagMethod  # noqa: E402
@@ -439,7 +439,7 @@ class ForwardOnly(LoadedModel):
 
 
 def test_model_without_gradients_is_skipped_with_reason(tmp_path):
-    from governance.dataset import Dataset
+    from governance.contract.dataset import Dataset
 
     reason = NeflagMethod.can_explain(model=ForwardOnly(), data=Dataset(X=np.zeros((3, 4), np.float32)))
     assert reason and "gradients" in reason and "TopK" in reason
@@ -449,8 +449,8 @@ def test_onnx_graph_without_torch_view_is_skipped(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from governance.dataset import Dataset
-    from governance.runtimes.onnx_model import OnnxModel
+    from governance.contract.dataset import Dataset
+    from governance.host.runtimes.onnx_model import OnnxModel
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [4, 2], np.ones(8, np.float32).tolist())
     graph = helper.make_graph(
@@ -465,7 +465,7 @@ def test_onnx_graph_without_torch_view_is_skipped(tmp_path):
 
 
 def test_nan_inputs_raise_method_error(digits, tmp_path):
-    from governance.dataset import Dataset
+    from governance.contract.dataset import Dataset
 
     cnn, ds = digits
     X = ds.X[:4].copy()
@@ -476,7 +476,7 @@ def test_nan_inputs_raise_method_error(digits, tmp_path):
 
 
 def test_model_with_nan_outputs_raises_method_error(tmp_path):
-    from governance.dataset import Dataset
+    from governance.contract.dataset import Dataset
 
     class Bad(torch.nn.Module):
         def forward(self, x):
@@ -488,7 +488,7 @@ def test_model_with_nan_outputs_raises_method_error(tmp_path):
 
 
 def test_zero_gradient_model_gives_zero_attributions_and_a_warning(tmp_path):
-    from governance.dataset import Dataset
+    from governance.contract.dataset import Dataset
 
     lin = torch.nn.Linear(6, 3)
     with torch.no_grad():
@@ -503,7 +503,7 @@ def test_zero_gradient_model_gives_zero_attributions_and_a_warning(tmp_path):
 
 
 def test_bad_targets_and_config(digits, tmp_path):
-    from governance.dataset import Dataset
+    from governance.contract.dataset import Dataset
 
     cnn, ds = digits
     model = tm.as_loaded(cnn, (1, 8, 8))

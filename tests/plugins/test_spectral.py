@@ -10,10 +10,10 @@ from math import comb, pi
 import numpy as np
 import pytest
 
-from governance.dataset import Dataset
-from governance.errors import ConfigError, MethodError
-from governance.method import MethodContext
-from governance.model import ModelVersionInfo, TensorSpec
+from governance.contract.dataset import Dataset
+from governance.contract.errors import ConfigError, MethodError
+from governance.contract.method import MethodContext
+from governance.contract.model import ModelVersionInfo, TensorSpec
 from governance_plugins.spectral import basis as B
 from governance_plugins.spectral import fit as F
 from governance_plugins.spectral import formula as FM
@@ -54,7 +54,7 @@ class Fn(torch.nn.Module):
 
 def fn_model(fn, d: int):
     """A float64 torch model computing ``fn`` exactly (no float32 rounding in the oracles)."""
-    from governance.runtimes.torch_model import TorchModel
+    from governance.host.runtimes.torch_model import TorchModel
 
     return TorchModel(Fn(fn).double(), ModelVersionInfo(uri="memory:fn", kind="memory", name="fn"),
                       TensorSpec("input", (None, d), "float64"), TensorSpec("output", (None, 1), "float64"))

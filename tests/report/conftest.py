@@ -77,7 +77,7 @@ def make_host(section_ref: str | None, *, sections_hook: bool = True, failing_ho
     """A plugin host without entry points: a 'neflag' method with a section template, and a plugin that
     contributes report sections (and, optionally, one whose hook raises)."""
     from governance import Explanation, Method, hookimpl
-    from governance.plugins import PluginHost
+    from governance.host.plugins import PluginHost
 
     class NeflagForTest(Method):
         name = "neflag"

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from governance.model import ModelVersionInfo
-from governance.results import Explanation, RunResult
+from governance.contract.model import ModelVersionInfo
+from governance.contract.results import Explanation, RunResult
 
 
 
@@ -35,7 +35,7 @@ def build_run(root: Path) -> RunResult:
     """A finished RunResult with its workdir under ``root/work``."""
     import torch
 
-    from governance.figures import pyplot
+    from governance.contract.figures import pyplot
     from governance.testing.models import export_onnx, trained_breast_cancer_mlp
 
     plt = pyplot()

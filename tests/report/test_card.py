@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 from governance.report.card import FIELD_KEYS, load_model_card, parse_description, resolve_human_fields
 
 MODEL = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from governance.errors import ConfigError
-from governance.policy import collect_metrics, evaluate_policy, exit_code, load_policy
+from governance.contract.errors import ConfigError
+from governance.report.policy import collect_metrics, evaluate_policy, exit_code, load_policy
 
 RUN = {
     "schema": "governance.run/1",

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from tests.report.conftest import make_host
-from governance.errors import ReportError
+from governance.contract.errors import ReportError
 from governance.report import build_report
 from governance.report.crosswalk import SECTIONS
 
@@ -100,7 +100,7 @@ def test_report_json_holds_derived_blocks_and_the_raw_run(finished_run, tmp_path
 def test_rebuild_in_place_from_the_bundled_evidence(finished_run, tmp_path):
     """A report folder is self-contained: its evidence/ rebuilds the report (e.g. with a new policy) in place,
     and stale files of the previous build do not survive."""
-    from governance.results import run_from_dict
+    from governance.contract.results import run_from_dict
 
     out = tmp_path / "bundle"
     build_report(finished_run, out_dir=out, pdf=False, plugin_host=make_host(None, sections_hook=False))

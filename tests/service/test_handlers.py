@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from governance.errors import ModelResolutionError
+from governance.contract.errors import ModelResolutionError
 from governance.service.handlers import check_version_ready, run_settings
 from governance.service.jobs import ReportSettings
 from governance.service.worker import RetryLater, is_transient

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 from governance.service.config import queue_path
 from governance.service.queue import ERROR_LOST, ERROR_PERMANENT, ERROR_TRANSIENT, JobQueue
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 from governance.service.jobs import ReportSettings, job_key, job_spec
 from governance.service.triggers import (
     MalformedDelivery, TagRule, Trigger, TriggerRules, is_test_delivery, parse_envelope,

@@ -134,7 +134,7 @@ def test_parse_duration(text, seconds):
 
 @pytest.mark.parametrize("text", ["", "0", "-5m", "5w", "soon"])
 def test_parse_duration_rejects(text):
-    from governance.errors import ConfigError
+    from governance.contract.errors import ConfigError
 
     with pytest.raises(ConfigError):
         parse_duration(text)

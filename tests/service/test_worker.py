@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from governance.errors import ConfigError, DataError, MethodError, ModelResolutionError, TrackingError
+from governance.contract.errors import ConfigError, DataError, MethodError, ModelResolutionError, TrackingError
 from governance.service.queue import JobQueue
 from governance.service.worker import RetryLater, RetryPolicy, Worker, is_transient, queue_idle
 

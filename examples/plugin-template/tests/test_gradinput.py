@@ -8,14 +8,14 @@ import importlib.metadata
 import numpy as np
 import pytest
 
-from governance.dataset import Dataset
+from governance import Dataset
 from governance.errors import MethodError
-from governance.method import MethodContext
+from governance import MethodContext
 from governance.testing import MethodConformance, as_loaded
 
 
 def test_discovered_through_the_entry_point():
-    from governance.plugins import PluginHost
+    from governance.host.plugins import PluginHost
 
     eps = {ep.name: ep for ep in importlib.metadata.entry_points(group="governance.plugins")}
     assert eps["gradinput"].value == "governance_gradinput"

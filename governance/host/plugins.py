@@ -8,7 +8,7 @@ by ``governance plugins`` and in reports), never fatal, unless strict mode is on
 Selection, in this order: ``GOVERNANCE_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry points at all;
 an allow-list (``--plugins a,b``, ``GOVERNANCE_PLUGINS=a,b`` or ``plugins.allow`` in the settings file) loads
 only those; a block-list (``GOVERNANCE_BLOCK_PLUGINS=a,b`` or ``plugins.block`` in the settings file, see
-:mod:`governance.config`) skips those. Names are the
+:mod:`governance.host.settings`) skips those. Names are the
 entry-point names, the same names ``--methods`` takes.
 """
 
@@ -23,13 +23,14 @@ from typing import Any, Iterable
 
 import pluggy
 
-from governance import hookspecs
-from governance.errors import ConfigError, PluginError
+from governance.contract import hookspecs
+from governance.contract.errors import ConfigError, PluginError
 
 log = logging.getLogger("governance.plugins")
 
-#: Host modules that implement hooks (model loaders). They cannot be blocked: without them nothing loads.
-ESSENTIAL_PLUGINS = ("governance.loaders",)
+#: Host modules that implement hooks (model loaders), by their registered name. They cannot be blocked:
+#: without them nothing loads.
+ESSENTIAL_PLUGINS: dict[str, str] = {"governance.loaders": "governance.host.loaders"}
 
 
 @dataclass
@@ -80,7 +81,7 @@ class PluginHost:
         self.strict = strict if strict is not None else env.get("GOVERNANCE_STRICT_PLUGINS", "") not in ("", "0")
         if autoload is None:
             autoload = env.get("GOVERNANCE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
-        from governance.config import setting
+        from governance.host.settings import setting
 
         if allow is not None:
             self.allow = list(allow)
@@ -95,7 +96,7 @@ class PluginHost:
             self.block = set(_split(env["GOVERNANCE_BLOCK_PLUGINS"]) or [])
         else:
             self.block = set(setting("plugins.block") or [])
-        essential = {m.rsplit(".", 1)[-1] for m in ESSENTIAL_PLUGINS} | set(ESSENTIAL_PLUGINS)
+        essential = {n.rsplit(".", 1)[-1] for n in ESSENTIAL_PLUGINS} | set(ESSENTIAL_PLUGINS)
         if bad := sorted(self.block & essential):
             raise ConfigError(f"plugin(s) {', '.join(bad)} are part of the host and cannot be blocked")
         self._register_essentials()
@@ -108,11 +109,11 @@ class PluginHost:
     def _register_essentials(self) -> None:
         import importlib
 
-        for modname in ESSENTIAL_PLUGINS:
+        for name, modname in ESSENTIAL_PLUGINS.items():
             mod = importlib.import_module(modname)
-            self.pm.register(mod, name=modname)
+            self.pm.register(mod, name=name)
             self.records.append(
-                PluginRecord(name=modname, module=modname, distribution="governance", version=_own_version(),
+                PluginRecord(name=name, module=modname, distribution="governance", version=_own_version(),
                              status="essential", hooks=self._hook_names(mod), builtin=True)
             )
 
@@ -194,7 +195,7 @@ class PluginHost:
 
     # ------------------------------------------------------------------------------------------- methods
     def _collect_methods(self) -> None:
-        from governance.method import Method
+        from governance.contract.method import Method
 
         self.methods.clear()
         for plugin_name, plugin in self.pm.list_name_plugin():

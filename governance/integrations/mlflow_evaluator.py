@@ -26,11 +26,11 @@ import numpy as np
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from governance.dataset import Dataset
-from governance.errors import ConfigError, DataError
-from governance.model import LoadedModel, ModelVersionInfo, TensorSpec
+from governance.contract.dataset import Dataset
+from governance.contract.errors import ConfigError, DataError
+from governance.contract.model import LoadedModel, ModelVersionInfo, TensorSpec
 
-log = logging.getLogger("governance.mlflow_evaluator")
+log = logging.getLogger("governance.integrations.mlflow_evaluator")
 
 MODEL_TYPES = ("classifier", "regressor")
 
@@ -111,9 +111,9 @@ def resolve_loaded_model(model: Any, model_id: str | None, *, sample_shape: tupl
     """The richest LoadedModel for the evaluated model: its torch/ONNX flavor through governance's loaders
     (via the LoggedModel or its run), else the pyfunc's raw torch module, else forward-only pyfunc.
     Returns the model and notes on what was tried."""
-    from governance.errors import GovernanceError
-    from governance.pipeline import load_model
-    from governance.registry import resolve
+    from governance.contract.errors import GovernanceError
+    from governance.run.pipeline import load_model
+    from governance.host.registry import resolve
 
     notes: list[str] = []
     for k, ref in enumerate(model_references(model, model_id)):
@@ -131,7 +131,7 @@ def resolve_loaded_model(model: Any, model_id: str | None, *, sample_shape: tupl
         import torch
 
         if isinstance(raw, torch.nn.Module):
-            from governance.runtimes.torch_model import TorchModel
+            from governance.host.runtimes.torch_model import TorchModel
 
             return TorchModel.from_module(raw, sample_shape, name="evaluated-model"), notes
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -192,8 +192,8 @@ class GovernanceEvaluator(ModelEvaluator):
                  predictions: Any = None, **kwargs: Any) -> EvaluationResult:
         import mlflow
 
-        from governance.plugins import get_plugin_host
-        from governance.sink import MlflowSink
+        from governance.host.plugins import get_plugin_host
+        from governance.run.sink import MlflowSink
 
         cfg = parse_evaluator_config(evaluator_config)
         if model is None:
@@ -245,7 +245,7 @@ class GovernanceEvaluator(ModelEvaluator):
     def _pipeline(cfg: EvaluatorConfig, host: Any, model: LoadedModel, data: Dataset, tracking_uri: str,
                   workdir: Path) -> Any:
         """A Pipeline primed with the model and data, so that methods run exactly as in ``governance run``."""
-        from governance.pipeline import Pipeline, RunOptions, select_methods
+        from governance.run.pipeline import Pipeline, RunOptions, select_methods
 
         opts = RunOptions(methods=cfg.methods, method_config=cfg.config, seed=cfg.seed, max_samples=cfg.max_samples,
                           device=cfg.device, batch_size=cfg.batch_size)

@@ -111,7 +111,7 @@ class LoadedModel(abc.ABC):
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Cast to the input dtype and check the per-sample shape; raise DataError naming both shapes."""
-        from governance.errors import DataError
+        from governance.contract.errors import DataError
 
         x = np.asarray(x)
         want = self.input_spec.sample_shape
@@ -142,7 +142,7 @@ class LoadedModel(abc.ABC):
         self, x: "torch.Tensor", layers: Sequence[str]
     ) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
         """Differentiable forward pass on the torch view that also returns the named hidden activations."""
-        from governance.errors import MethodError
+        from governance.contract.errors import MethodError
 
         raise MethodError(
             f"{self.info.display_name} has no torch view, so hidden activations cannot be read"

@@ -21,10 +21,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from governance.errors import ConfigError, GovernanceError, MethodError, ModelLoadError, TrackingError
-from governance.results import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, Explanation, RunResult, jsonable
+from governance.contract.errors import ConfigError, GovernanceError, MethodError, ModelLoadError, TrackingError
+from governance.contract.results import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, Explanation, RunResult, jsonable
 
-log = logging.getLogger("governance.pipeline")
+log = logging.getLogger("governance.run.pipeline")
 
 ProgressFn = Callable[[str, float, str], None]  # (method, fraction, message)
 
@@ -119,9 +119,9 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ prepare
     def prepare(self) -> None:
         """Resolve, load, read the data, validate method configs and peers. Writes nothing to MLflow."""
-        from governance.data import load_dataset
-        from governance.registry import resolve
-        from governance.tracking import check_reachable
+        from governance.host.data_sources import load_dataset
+        from governance.host.registry import resolve
+        from governance.host.tracking import check_reachable
 
         opts = self.opts
         check_reachable(self.tracking_uri)
@@ -148,11 +148,11 @@ class Pipeline:
         if uris is None:
             if not wants_peers or self.info.kind != "registry":
                 return [], []
-            from governance.registry import previous_versions
-            from governance.tracking import client
+            from governance.host.registry import previous_versions
+            from governance.host.tracking import client
 
             uris = previous_versions(client(self.tracking_uri), self.info.name, self.info.version, self.opts.max_peers)
-        from governance.registry import resolve
+        from governance.host.registry import resolve
 
         peers, infos = [], []
         for k, uri in enumerate(uris):
@@ -176,9 +176,9 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ run
     def run(self) -> RunResult:
         from governance import __version__
-        from governance.environment import describe_environment
-        from governance.pipeline_io import load_previous_run
-        from governance.sink import MlflowSink
+        from governance.host.environment import describe_environment
+        from governance.run.reuse import load_previous_run
+        from governance.run.sink import MlflowSink
 
         self.prepare()
         cfg = self.run_config()
@@ -267,8 +267,8 @@ class Pipeline:
         if self.info.kind != "registry":
             return None
         try:
-            from governance.registry import previous_versions
-            from governance.tracking import client
+            from governance.host.registry import previous_versions
+            from governance.host.tracking import client
 
             uris = previous_versions(client(self.tracking_uri), self.info.name, self.info.version, 1)
         except Exception:
@@ -276,7 +276,7 @@ class Pipeline:
         return {"uri": uris[0], "version": uris[0].rsplit("/", 1)[-1]} if uris else None
 
     def _run_method(self, cls: type, index: int) -> Explanation:
-        from governance.method import MethodContext
+        from governance.contract.method import MethodContext
 
         name = cls.name
         cfg = self.configs[name]

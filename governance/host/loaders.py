@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from governance.hookspecs import hookimpl
-from governance.model import LoadedModel, ModelVersionInfo
+from governance.contract.hookspecs import hookimpl
+from governance.contract.model import LoadedModel, ModelVersionInfo
 
 
 @hookimpl
@@ -15,13 +15,13 @@ def load_model(info: ModelVersionInfo, options: dict[str, Any]) -> LoadedModel |
     prefer = options.get("prefer")
     flavors = info.flavors or {}
     if "onnx" in flavors and prefer != "torch":
-        from governance.runtimes.onnx_model import OnnxModel
+        from governance.host.runtimes.onnx_model import OnnxModel
 
         rel = flavors["onnx"].get("data", "model.onnx")
         return OnnxModel(info.local_path / rel if info.local_path else rel, info, device=device, batch_size=batch_size)
     if "pytorch" in flavors:
-        from governance.runtimes.device import torch_device
-        from governance.runtimes.torch_model import load_torch_model
+        from governance.host.runtimes.device import torch_device
+        from governance.host.runtimes.torch_model import load_torch_model
 
         return load_torch_model(info, torch_device(device), batch_size)
     return None

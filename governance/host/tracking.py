@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from governance.errors import TrackingError
+from governance.contract.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -16,7 +16,7 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > the settings file > the embedded ``sqlite:///mlflow.db``."""
     if explicit or os.environ.get("MLFLOW_TRACKING_URI"):
         return explicit or os.environ["MLFLOW_TRACKING_URI"]
-    from governance.config import setting
+    from governance.host.settings import setting
 
     return setting("tracking_uri") or DEFAULT_TRACKING_URI
 

@@ -3,7 +3,7 @@
 A method declares what it needs (``requires``), its configuration as a pydantic model (``Config``), and
 implements ``explain(ctx)``. The host checks the requirements against the loaded model and data before
 calling it, so ``explain`` can assume them; anything else wrong with its inputs is a
-:class:`~governance.errors.MethodError` with a message for the user.
+:class:`~governance.contract.errors.MethodError` with a message for the user.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from governance.dataset import Dataset
-    from governance.model import LoadedModel
-    from governance.results import Explanation
+    from governance.contract.dataset import Dataset
+    from governance.contract.model import LoadedModel
+    from governance.contract.results import Explanation
 
 
 class Requirement(str, enum.Enum):
@@ -84,7 +84,7 @@ class Method(abc.ABC):
         """Validate user configuration into ``cls.Config``; raises ConfigError naming the bad keys."""
         from pydantic import ValidationError
 
-        from governance.errors import ConfigError
+        from governance.contract.errors import ConfigError
 
         try:
             return cls.Config(**(raw or {}))

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 
 KNOWN_KEYS = {"tracking_uri", "device", "experiment", "plugins", "report"}
 

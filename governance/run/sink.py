@@ -9,18 +9,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from governance.errors import TrackingError
-from governance.model import ModelVersionInfo
-from governance.results import Explanation
+from governance.contract.errors import TrackingError
+from governance.contract.model import ModelVersionInfo
+from governance.contract.results import Explanation
 
-log = logging.getLogger("governance.sink")
+log = logging.getLogger("governance.run.sink")
 
 TAG_PREFIX = "governance."
 
 
 class MlflowSink:
     def __init__(self, tracking_uri: str) -> None:
-        from governance.tracking import client
+        from governance.host.tracking import client
 
         self.tracking_uri = tracking_uri
         self.client = client(tracking_uri)
@@ -63,6 +63,7 @@ class MlflowSink:
         values = {k: v for k, v in explanation.metrics.items() if _is_number(v)}
         if explanation.seconds is not None:
             values["seconds"] = explanation.seconds
+        values.update(control_metrics(explanation))
         # metrics that carry the model id also show up on the logged model's page
         metrics = [Metric(f"{explanation.method}.{k}", float(v), now, 0, model_id=model_id) for k, v in values.items()]
         for i in range(0, len(metrics), 900):
@@ -127,6 +128,24 @@ class MlflowSink:
                 for di in (run.inputs.dataset_inputs if run.inputs else [])
             ],
         }
+
+
+def control_metrics(explanation: Explanation) -> dict[str, float]:
+    """``<metric>.control.<key>`` per control, ``<metric>.control`` for the control the figure beats by the least
+    (its hardest), and ``<metric>.informative`` (1 or 0) per figure (see :mod:`governance.contract.evidence`)."""
+    out: dict[str, float] = {}
+    hardest: dict[str, Any] = {}
+    for c in explanation.controls:
+        if _is_number(c.control_value):
+            out[f"{c.metric}.control.{c.key}"] = c.control_value
+        if c.metric not in hardest or c.advantage - c.margin < hardest[c.metric].advantage - hardest[c.metric].margin:
+            hardest[c.metric] = c
+    for metric, c in hardest.items():
+        if _is_number(c.control_value):
+            out[f"{metric}.control"] = c.control_value
+    for metric, verdict in explanation.verdicts().items():
+        out[f"{metric}.informative"] = 1.0 if verdict == "informative" else 0.0
+    return out
 
 
 def _is_number(v: Any) -> bool:

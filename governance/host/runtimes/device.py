@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from governance.errors import ConfigError, ModelLoadError
+from governance.contract.errors import ConfigError, ModelLoadError
 
 DEVICES = ("auto", "cpu", "cuda")
 

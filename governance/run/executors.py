@@ -29,9 +29,9 @@ from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import numpy as np
 
-from governance.errors import ConfigError, GovernanceError
+from governance.contract.errors import ConfigError, GovernanceError
 
-log = logging.getLogger("governance.executor")
+log = logging.getLogger("governance.run.executors")
 
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ class LoadedOnce:
 
     def __init__(self, model_uri: str, *, tracking_uri: str | None, device: str, batch_size: int | None) -> None:
         from governance.api import _host, resolve
-        from governance.pipeline import load_model
+        from governance.run.pipeline import load_model
 
         self._tmp = tempfile.TemporaryDirectory(prefix="governance-model-")
         info = resolve(model_uri, tracking_uri=tracking_uri, download_dir=self._tmp.name)

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from governance.errors import MethodError, ModelLoadError
-from governance.model import LoadedModel, ModelVersionInfo, TensorSpec
+from governance.contract.errors import MethodError, ModelLoadError
+from governance.contract.model import LoadedModel, ModelVersionInfo, TensorSpec
 
 
 def _is_export_graph(module: Any) -> bool:

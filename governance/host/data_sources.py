@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from governance.dataset import Dataset
-from governance.errors import DataError
-from governance.model import LoadedModel, ModelVersionInfo
-from governance.tracking import resolve_tracking_uri
+from governance.contract.dataset import Dataset
+from governance.contract.errors import DataError
+from governance.contract.model import LoadedModel, ModelVersionInfo
+from governance.host.tracking import resolve_tracking_uri
 
 TARGET_COLUMNS = ("target", "label", "y", "class")
 
@@ -129,7 +129,7 @@ def _from_registry(info: ModelVersionInfo, model: LoadedModel, tracking_uri: str
     if uri:
         import mlflow.artifacts
 
-        from governance.tracking import pinned_store
+        from governance.host.tracking import pinned_store
 
         try:
             with pinned_store(tracking_uri or resolve_tracking_uri(None)):
@@ -162,7 +162,7 @@ def _from_registry(info: ModelVersionInfo, model: LoadedModel, tracking_uri: str
 
 def _run_logged_dataset(run_id: str, tracking_uri: str) -> str | None:
     """The first dataset logged on the source run (``mlflow.log_input``) whose source is a file we can read."""
-    from governance.tracking import client
+    from governance.host.tracking import client
 
     try:
         run = client(tracking_uri).get_run(run_id)
@@ -185,7 +185,7 @@ def _run_logged_dataset(run_id: str, tracking_uri: str) -> str | None:
 
 
 def _run_eval_artifact(run_id: str, tracking_uri: str) -> str | None:
-    from governance.tracking import client
+    from governance.host.tracking import client
 
     try:
         names = {a.path for a in client(tracking_uri).list_artifacts(run_id, "governance")}

@@ -33,7 +33,7 @@ from typing import Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from governance.errors import ConfigError
+from governance.contract.errors import ConfigError
 
 PASS, FAIL, WARN, NOT_EVALUATED = "pass", "fail", "warn", "not_evaluated"
 VERDICT_PASS, VERDICT_FAIL, VERDICT_NOT_EVALUATED = PASS, FAIL, NOT_EVALUATED

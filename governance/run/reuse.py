@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from governance.results import RunResult, run_from_dict
+from governance.contract.results import RunResult, run_from_dict
 
 
 def load_previous_run(sink: Any, run_id: str, workdir: Path) -> RunResult:

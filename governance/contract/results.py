@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from governance.contract.evidence import Control, figure_verdicts
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -40,7 +42,7 @@ class Explanation:
     """One method's result.
 
     ``arrays`` are written to ``explanations/<method>/arrays.npz``; ``figures`` are PNG files the method
-    wrote (use :meth:`governance.method.MethodContext.save_figure`); ``tables`` are lists of row dicts;
+    wrote (use :meth:`governance.contract.method.MethodContext.save_figure`); ``tables`` are lists of row dicts;
     ``details`` holds anything else JSON-serialisable the report section wants (a formula, top terms).
     ``summary`` is one or two plain sentences a validator can read without knowing the method.
     """
@@ -55,6 +57,8 @@ class Explanation:
     details: dict[str, Any] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: headline figures beside their controls (see :mod:`governance.contract.evidence`)
+    controls: list[Control] = field(default_factory=list)
     reason: str | None = None  # why skipped / failed
     # filled in by the host
     method_version: str | None = None
@@ -70,6 +74,28 @@ class Explanation:
     def ok(self) -> bool:
         return self.status == STATUS_OK
 
+    def add_control(self, metric: str, control_value: float, *, key: str, control: str,
+                    better: Literal["higher", "lower"], margin: float, margin_rule: str = "",
+                    control_spread: float | None = None, draws: int = 1, label: str | None = None,
+                    note: str | None = None, value: float | None = None) -> Control:
+        """Record that headline figure ``metric`` (``self.metrics[metric]`` unless ``value`` is given) was
+        compared with the same figure on a control; returns the :class:`Control` (its ``verdict`` says whether
+        the figure is informative)."""
+        if value is None:
+            if metric not in self.metrics:
+                raise KeyError(f"add_control: {metric!r} is not one of this explanation's metrics; "
+                               "set explanation.metrics[metric] first or pass value=")
+            value = self.metrics[metric]
+        c = Control(metric=metric, value=value, control_value=control_value, key=key, control=control,
+                    better=better, margin=margin, margin_rule=margin_rule, control_spread=control_spread,
+                    draws=draws, label=label, note=note)
+        self.controls.append(c)
+        return c
+
+    def verdicts(self) -> dict[str, str]:
+        """``{metric: "informative" | "not informative"}`` for every figure that has a control."""
+        return figure_verdicts(self.controls)
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in (
             "method", "method_version", "title", "plugin", "status", "summary", "reason", "metrics",
@@ -77,6 +103,8 @@ class Explanation:
         )}
         d["figures"] = {name: Path(p).name for name, p in self.figures.items()}
         d["arrays"] = {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in self.arrays.items()}
+        d["controls"] = [c.to_dict() for c in self.controls]
+        d["verdicts"] = self.verdicts()
         return jsonable(d)
 
 
@@ -145,6 +173,7 @@ def explanation_from_dict(d: dict[str, Any], folder: Path | None = None) -> Expl
     for key in ("metrics", "tables", "details", "config"):
         setattr(e, key, d.get(key) or {})
     e.findings, e.warnings = list(d.get("findings") or []), list(d.get("warnings") or [])
+    e.controls = [Control.from_dict(c) for c in d.get("controls") or []]
     if folder is not None:
         e.figures = {name: Path(folder) / fname for name, fname in (d.get("figures") or {}).items()}
         npz = Path(folder) / "arrays.npz"

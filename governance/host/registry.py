@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from governance.errors import ModelResolutionError, TrackingError
-from governance.model import ModelVersionInfo
+from governance.contract.errors import ModelResolutionError, TrackingError
+from governance.contract.model import ModelVersionInfo
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def _signature(meta: dict[str, Any]) -> dict[str, Any] | None:
 def _download(client: Any, uri: str, dst: Path) -> Path:
     import mlflow.artifacts
 
-    from governance.tracking import pinned_store
+    from governance.host.tracking import pinned_store
 
     dst.mkdir(parents=True, exist_ok=True)
     try:
@@ -197,7 +197,7 @@ def resolve(uri: str, *, tracking_uri: str, download_dir: Path) -> ModelVersionI
         meta = _read_mlmodel(folder)
         return _finish(ModelVersionInfo(uri=uri, kind="file", name=folder.name, local_path=folder), meta, folder)
 
-    from governance.tracking import client as make_client
+    from governance.host.tracking import client as make_client
 
     client = make_client(tracking_uri)
     info = ModelVersionInfo(uri=uri, kind="registry")

@@ -1,5 +1,5 @@
 """ONNX runtime: forward passes on ONNX Runtime (fast, batched), gradients and activations through the
-torch view of :mod:`governance.runtimes.onnx_torch`, checked for parity against ONNX Runtime."""
+torch view of :mod:`governance.host.runtimes.onnx_torch`, checked for parity against ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from governance.errors import MethodError, ModelLoadError
-from governance.model import LoadedModel, ModelVersionInfo, TensorSpec
-from governance.runtimes.device import check_ort_session, ort_providers
+from governance.contract.errors import MethodError, ModelLoadError
+from governance.contract.model import LoadedModel, ModelVersionInfo, TensorSpec
+from governance.host.runtimes.device import check_ort_session, ort_providers
 
 #: max |Δ| between ONNX Runtime and the torch view above which the view is refused (float32 rounding
 #: measured 3e-8..1.4e-7 on small CNNs; see platform-facts T10).
@@ -83,7 +83,7 @@ class OnnxModel(LoadedModel):
     def _build_view(self) -> Any:
         import torch
 
-        from governance.runtimes.onnx_torch import build_torch_view
+        from governance.host.runtimes.onnx_torch import build_torch_view
 
         try:
             view = build_torch_view(self._proto)

@@ -20,9 +20,9 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     import click
 
-    from governance.method import Method
-    from governance.model import LoadedModel, ModelVersionInfo
-    from governance.results import Explanation, RunResult
+    from governance.contract.method import Method
+    from governance.contract.model import LoadedModel, ModelVersionInfo
+    from governance.contract.results import Explanation, RunResult
 
 PROJECT_NAME = "governance"
 ENTRY_POINT_GROUP = "governance.plugins"

@@ -1,0 +1,1 @@
+"""Bridges into other tools' extension points (MLflow's model evaluator)."""
