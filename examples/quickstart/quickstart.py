@@ -120,7 +120,7 @@ def main() -> int:
     failures = 0
     for uri in ("models:/digits-cnn@champion", "models:/breast-cancer-mlp-onnx@champion"):
         say(f"explaining and reporting on {uri} ...")
-        result = governance.report_model(uri, tracking_uri=args.tracking_uri, out_dir=Path(args.out),
+        result = governance.report_model(uri, tracking_uri=args.tracking_uri, output_dir=args.out,
                                          policy=args.policy)
         verdict = f", policy verdict {result.verdict}" if result.verdict else ""
         say(f"  report: {result.pdf}  (run {result.run_id}, run status {result.run_status}{verdict})")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from governance.contract.errors import ReportError
+from governance.contract.method import Requirement
 from governance.report import manifest as mf
 
 log = logging.getLogger("governance.report")
@@ -101,7 +102,7 @@ def _method_meta(host: Any, run_doc: Mapping[str, Any]) -> tuple[dict[str, dict[
             "installed": cls is not None,
             "title": getattr(cls, "title", None), "description": getattr(cls, "description", ""),
             "reference": getattr(cls, "reference", ""), "report_template": getattr(cls, "report_template", None),
-            "uses_peers": getattr(cls, "uses_peers", False), "plugin": plugin,
+            "uses_peers": Requirement.PEERS in getattr(cls, "requires", ()), "plugin": plugin,
             "plugin_version": versions.get(plugin),
         }
     return meta, methods
@@ -119,6 +120,102 @@ def _copy_evidence(src: Path, dst: Path, rels: list[str]) -> None:
 
 def _dump(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def check_report_inputs(policy: Any, model_card: Any, template_dirs: Iterable[Path | str]) -> Any:
+    """Read the user's report inputs before anything runs (a typo in the policy must not cost a whole run):
+    returns the loaded policy (or None); raises ConfigError/ReportError naming the bad file."""
+    from governance.report.card import load_model_card
+    from governance.report.policy import load_policy
+
+    loaded = load_policy(policy) if policy is not None else None
+    if model_card is not None:
+        load_model_card(model_card)
+    for d in template_dirs:
+        if not Path(d).is_dir():
+            raise ReportError(f"template folder {d} does not exist",
+                              hint="pass --template-dir with a folder holding your overriding templates")
+    return loaded
+
+
+def _run_document(run: Any, workdir: Path | str | None) -> tuple[dict[str, Any], Path | None]:
+    from governance.contract.results import jsonable
+
+    if hasattr(run, "to_dict"):
+        run_doc = run.to_dict()
+        workdir = workdir if workdir is not None else getattr(run, "workdir", None)
+    elif isinstance(run, Mapping):
+        run_doc = jsonable(dict(run))
+    else:
+        raise ReportError(f"build_report needs a RunResult or a run document (dict), got {type(run).__name__}")
+    if not run_doc.get("model"):
+        raise ReportError("the run document has no 'model' block", hint="pass RunResult.to_dict() or run.json")
+    return run_doc, Path(workdir) if workdir is not None else None
+
+
+def _prepare_folder(out: Path, workdir: Path | None, copy_evidence: bool) -> tuple[Path | None, list[dict[str, Any]]]:
+    """Clear this builder's files from ``out`` (no stale file next to a new report), copy and hash the evidence.
+    Returns the evidence root and the hashed artifacts."""
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    evidence = out / mf.EVIDENCE_DIR
+    if copy_evidence and evidence.is_dir() and workdir is not None and evidence.resolve() != workdir.resolve():
+        shutil.rmtree(evidence)
+    rels = mf.collect_evidence(workdir)
+    evidence_root = workdir
+    if workdir is not None and copy_evidence:
+        evidence_root = evidence
+        _copy_evidence(workdir, evidence_root, rels)
+    return evidence_root, (mf.hash_artifacts(evidence_root, rels) if evidence_root else [])
+
+
+def _write_pdf(out: Path, doc: dict[str, Any], html: str, template_dirs: list[Path], json_bytes: bytes,
+               manifest_bytes: bytes) -> tuple[Path, str, dict[str, Any]]:
+    from datetime import datetime
+
+    from governance.report.pdf import render_pdf
+    from governance.report.render import template_roots
+
+    pdf_path = out / "report.pdf"
+    created = datetime.fromisoformat(doc["generated_at"].replace("Z", "+00:00"))
+    try:
+        info = render_pdf(
+            html, pdf_path, base_dir=out, asset_roots=template_roots(template_dirs), created=created,
+            attachments=[
+                ("report.json", json_bytes, "Report document (source of truth, governance.report/1)", "Source"),
+                ("manifest.json", manifest_bytes, "sha256 manifest of the evidence and report files", "Supplement"),
+            ],
+        )
+    except Exception as exc:
+        raise ReportError(f"PDF rendering failed: {type(exc).__name__}: {exc}",
+                          hint="report.json and report.html were written; check `governance doctor`") from exc
+    pdf_sha = mf.sha256_file(pdf_path)
+    pdf_path.with_name(pdf_path.name + ".sha256").write_text(f"{pdf_sha}  {pdf_path.name}\n", encoding="utf-8")
+    return pdf_path, pdf_sha, info
+
+
+def _write_documents(out: Path, doc: dict[str, Any], template_dirs: list[Path], methods: dict[str, type],
+                     evidence_root: Path | None, plugin_host: Any) -> tuple[str, bytes, bytes, bytes]:
+    """Render the sections, then write report.json, report.html and manifest.json; returns the HTML and the
+    three files' bytes."""
+    from governance.report.render import make_env, plugin_sections, render_html, render_method_sections
+
+    env = make_env(template_dirs)
+    method_html = render_method_sections(doc, env, methods, evidence_root)
+    supplementary = plugin_sections(doc, env, plugin_host)
+    json_bytes = _dump(doc)
+    (out / "report.json").write_bytes(json_bytes)
+    try:
+        html = render_html(doc, env, method_html=method_html, supplementary=supplementary,
+                           report_json_sha256=mf.sha256_bytes(json_bytes))
+    except Exception as exc:
+        raise ReportError(f"the report template failed: {type(exc).__name__}: {exc}",
+                          hint="if you override templates (--template-dir), check them against the shipped ones") from exc
+    html_bytes = html.encode("utf-8")
+    (out / "report.html").write_bytes(html_bytes)
+    manifest_bytes = _dump(mf.build_manifest(doc, report_json=json_bytes, report_html=html_bytes))
+    (out / "manifest.json").write_bytes(manifest_bytes)
+    return html, json_bytes, html_bytes, manifest_bytes
 
 
 def build_report(
@@ -142,28 +239,15 @@ def build_report(
     ``model_card`` a YAML path or a dict; ``template_dirs`` override shipped templates; ``signer``
     ({name, role, organisation, email}) names the person who signs the report first.
     """
-    from governance.report.policy import evaluate_policy
     from governance.report.card import resolve_human_fields
     from governance.report.document import build_document
-    from governance.contract.results import jsonable
+    from governance.report.policy import evaluate_policy
 
-    if hasattr(run, "to_dict"):
-        run_doc = run.to_dict()
-        workdir = workdir if workdir is not None else getattr(run, "workdir", None)
-    elif isinstance(run, Mapping):
-        run_doc = jsonable(dict(run))
-    else:
-        raise ReportError(f"build_report needs a RunResult or a run document (dict), got {type(run).__name__}")
-    if not run_doc.get("model"):
-        raise ReportError("the run document has no 'model' block", hint="pass RunResult.to_dict() or run.json")
+    run_doc, workdir = _run_document(run, workdir)
+    template_dirs = [Path(d) for d in template_dirs]
+    check_report_inputs(None, None, template_dirs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    template_dirs = [Path(d) for d in template_dirs]
-    for d in template_dirs:
-        if not d.is_dir():
-            raise ReportError(f"template folder {d} does not exist",
-                              hint="pass --template-dir with a folder holding your overriding templates")
-    workdir = Path(workdir) if workdir is not None else None
     notes: list[str] = []
     if workdir is None or not workdir.is_dir():
         notes.append("no run folder was given: the report has no figures and lists no evidence artifacts")
@@ -172,23 +256,8 @@ def build_report(
         from governance.host.plugins import get_plugin_host
 
         plugin_host = get_plugin_host()
+    evidence_root, artifacts = _prepare_folder(out, workdir, copy_evidence)
 
-    # a previous report in the same folder must not leave stale files next to this one
-    for name in REPORT_FILES:
-        (out / name).unlink(missing_ok=True)
-    if copy_evidence and (out / mf.EVIDENCE_DIR).is_dir() and workdir is not None \
-            and (out / mf.EVIDENCE_DIR).resolve() != workdir.resolve():
-        shutil.rmtree(out / mf.EVIDENCE_DIR)
-
-    # evidence
-    rels = mf.collect_evidence(workdir)
-    evidence_root = workdir
-    if workdir is not None and copy_evidence:
-        evidence_root = out / mf.EVIDENCE_DIR
-        _copy_evidence(workdir, evidence_root, rels)
-    artifacts = mf.hash_artifacts(evidence_root, rels) if evidence_root else []
-
-    # the document
     human, extra = resolve_human_fields(run_doc["model"], model_card)
     policy_result = evaluate_policy(policy, run_doc) if policy is not None else None
     meta, methods = _method_meta(plugin_host, run_doc)
@@ -199,63 +268,22 @@ def build_report(
                            "inline" if model_card is not None else None),
     )
     doc["limitations"]["rendering"].extend(notes)
-
-    from governance.report.render import (
-        make_env, plugin_sections, render_html, render_method_sections, template_roots)
-
-    env = make_env(template_dirs)
-    method_html = render_method_sections(doc, env, methods, evidence_root)
-    supplementary = plugin_sections(doc, env, plugin_host)
-    json_bytes = _dump(doc)
+    html, json_bytes, html_bytes, manifest_bytes = _write_documents(out, doc, template_dirs, methods,
+                                                                    evidence_root, plugin_host)
     json_sha = mf.sha256_bytes(json_bytes)
-    (out / "report.json").write_bytes(json_bytes)
-
-    try:
-        html = render_html(doc, env, method_html=method_html, supplementary=supplementary,
-                           report_json_sha256=json_sha)
-    except Exception as exc:
-        raise ReportError(f"the report template failed: {type(exc).__name__}: {exc}",
-                          hint="if you override templates (--template-dir), check them against the shipped ones") from exc
-    html_bytes = html.encode("utf-8")
-    (out / "report.html").write_bytes(html_bytes)
-
-    manifest = mf.build_manifest(doc, report_json=json_bytes, report_html=html_bytes)
-    manifest_bytes = _dump(manifest)
-    (out / "manifest.json").write_bytes(manifest_bytes)
-
     pdf_path = pdf_sha = None
-    pdf_notes: list[str] = []
     info: dict[str, Any] = {"pages": None, "variant": None, "refused_urls": []}
     if pdf:
-        from datetime import datetime
-
-        from governance.report.pdf import render_pdf
-
-        pdf_path = out / "report.pdf"
-        created = datetime.fromisoformat(doc["generated_at"].replace("Z", "+00:00"))
-        try:
-            info = render_pdf(
-                html, pdf_path, base_dir=out, asset_roots=template_roots(template_dirs), created=created,
-                attachments=[
-                    ("report.json", json_bytes, "Report document (source of truth, governance.report/1)", "Source"),
-                    ("manifest.json", manifest_bytes, "sha256 manifest of the evidence and report files", "Supplement"),
-                ],
-            )
-        except Exception as exc:
-            raise ReportError(f"PDF rendering failed: {type(exc).__name__}: {exc}",
-                              hint="report.json and report.html were written; check `governance doctor`") from exc
-        pdf_sha = mf.sha256_file(pdf_path)
-        pdf_path.with_name(pdf_path.name + ".sha256").write_text(f"{pdf_sha}  {pdf_path.name}\n", encoding="utf-8")
-        if info["refused_urls"]:
-            pdf_notes.append(f"{len(info['refused_urls'])} external URL(s) in the report were refused, not fetched")
-
+        pdf_path, pdf_sha, info = _write_pdf(out, doc, html, template_dirs, json_bytes, manifest_bytes)
+    refused = [f"{len(info['refused_urls'])} external URL(s) in the report were refused, not fetched"] \
+        if info["refused_urls"] else []
     return ReportResult(
         out_dir=out, report_id=doc["report_id"], json_path=out / "report.json", html_path=out / "report.html",
         manifest_path=out / "manifest.json", pdf_path=pdf_path, json_sha256=json_sha,
         html_sha256=mf.sha256_bytes(html_bytes), manifest_sha256=mf.sha256_bytes(manifest_bytes),
         pdf_sha256=pdf_sha, verdict=policy_result["verdict"] if policy_result else None, policy=policy_result,
         pages=info["pages"], pdf_variant=info["variant"], refused_urls=info["refused_urls"],
-        notes=list(doc["limitations"]["rendering"]) + pdf_notes,
+        notes=list(doc["limitations"]["rendering"]) + refused,
         model={k: doc["model"].get(k) for k in ("name", "version", "uri", "run_id", "content_sha256")},
         run_status=run_doc.get("status"), run_id=(run_doc.get("mlflow") or {}).get("run_id"),
     )

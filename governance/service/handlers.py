@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 from governance.contract.errors import ModelLoadError, ModelResolutionError
-from governance.service.jobs import ReportSettings
 from governance.service.queue import Job
 from governance.service.worker import RetryLater
 
@@ -47,72 +46,27 @@ def check_version_ready(tracking_uri: str | None, name: str, version: str) -> No
                              hint="register the model again")
 
 
-def _method_config(settings: ReportSettings) -> dict[str, dict[str, Any]]:
-    from governance.cli.options import method_config
-
-    return method_config(settings.config, tuple(settings.overrides))
-
-
-def _signer(text: str | None) -> dict[str, str] | None:
-    """``"NAME, ROLE, ORG"`` as the report builder takes it (same reading as ``governance report --signer``)."""
-    if not text:
-        return None
-    parts = [p.strip() for p in text.split(",")]
-    return {k: v for k, v in zip(("name", "role", "organisation"), parts) if v}
-
-
-def _report_function() -> Any:
-    """``governance.api.report_model`` when the report builder is installed, else None (explain only)."""
-    try:
-        from governance.report import report_for_model  # noqa: F401
-    except ImportError:
-        return None
-    from governance.api import report_model
-
-    return report_model
-
-
-def run_settings(settings: ReportSettings, model_uri: str, invocation: str) -> dict[str, Any]:
-    """Keyword arguments of :func:`governance.api.explain` for these settings."""
-    return {
-        "methods": list(settings.methods) if settings.methods else None,
-        "data": settings.data,
-        "target": settings.target,
-        "config": _method_config(settings),
-        "device": settings.device,
-        "seed": settings.seed,
-        "max_samples": settings.max_samples,
-        "experiment": settings.experiment,
-        "plugins": list(settings.plugins) if settings.plugins else None,
-        "tracking_uri": settings.tracking_uri,
-        "invocation": invocation,
-    }
-
-
 def report_job(job: Job) -> dict[str, Any]:
-    """Explain ``job.payload['model_uri']`` with the job's settings, log to MLflow, render the report.
+    """Explain ``job.payload['model_uri']`` with the job's RunSpec, log to MLflow, render the report.
 
     Reports go to ``--output-dir`` (default ``$GOVERNANCE_HOME/reports``) in ``<name>-v<version>/`` and to the
     governance run in MLflow. A policy verdict of "fail" is a result, not a job failure: it is recorded
     in the job's result (and in the version's ``governance.status`` tag).
     """
+    from governance.api import explain, report_model
+    from governance.run.spec import RunSpec
+
     payload = job.payload
-    settings = ReportSettings.from_dict(payload["settings"])
+    spec = RunSpec.from_dict(payload["settings"])
     model_uri = payload["model_uri"]
-    check_version_ready(settings.tracking_uri, payload["name"], payload["version"])
-    kwargs = run_settings(settings, model_uri, f"governance job {job.id} ({job.source}: {job.trigger})")
-    report = _report_function() if settings.report else None
-    if report is not None:
+    check_version_ready(spec.tracking_uri, payload["name"], payload["version"])
+    invocation = f"governance job {job.id} ({job.source}: {job.trigger})"
+    if spec.render_report:
         from governance.service.config import state_dir
 
-        out_dir = settings.output_dir or str(state_dir() / "reports")
-        result = report(model_uri, out_dir=out_dir, policy=settings.policy, model_card=settings.model_card,
-                        template_dirs=list(settings.template_dirs), signer=_signer(settings.signer),
-                        pdf=settings.pdf, **kwargs)
-        return summarise_report(result)
-    from governance.api import explain
-
-    return summarise_run(explain(model_uri, **kwargs))
+        spec = spec.replace(output_dir=spec.output_dir or str(state_dir() / "reports"))
+        return summarise_report(report_model(model_uri, spec=spec, invocation=invocation))
+    return summarise_run(explain(model_uri, spec=spec, invocation=invocation))
 
 
 def summarise_run(run: Any) -> dict[str, Any]:
