@@ -5,7 +5,6 @@ that run no job)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Callable
 
 import click
@@ -108,6 +107,8 @@ def spec_from_cli(kwargs: dict[str, Any], command: str) -> Any:
 
 
 def echo_json(obj: Any) -> None:
+    import json
+
     from governance.contract.results import jsonable
 
     click.echo(json.dumps(jsonable(obj), indent=2))

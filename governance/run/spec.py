@@ -17,8 +17,6 @@ What is hashed where:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -228,6 +226,9 @@ class RunSpec:
             doc[name] = file_digest(getattr(self, name), name.replace("_", "-"))
         doc["method_config"] = self.method_config
         doc["template_dirs"] = dirs_digest(self.template_dirs)
+        import hashlib
+        import json
+
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -281,6 +282,8 @@ def read_method_settings_file(config_file: str | None) -> dict[str, dict[str, An
 
             doc = tomllib.loads(path.read_text())
         elif path.suffix == ".json":
+            import json
+
             doc = json.loads(path.read_text())
         else:
             import yaml
@@ -318,6 +321,8 @@ def file_digest(path: str | None, what: str) -> str | None:
     on every delivery and a data file may be large."""
     if not path:
         return None
+    import hashlib
+
     p = Path(path).expanduser()
     try:
         st = p.stat()
@@ -340,6 +345,8 @@ def dirs_digest(dirs: tuple[str, ...]) -> str | None:
     """One hash over every file in the template folders (relative path + content)."""
     if not dirs:
         return None
+    import hashlib
+
     h = hashlib.sha256()
     for d in dirs:
         root = Path(d).expanduser()
