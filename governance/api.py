@@ -34,6 +34,8 @@ def explain(
     seed: int = 0,
     max_samples: int = 512,
     batch_size: int | None = None,
+    output: str | None = None,
+    task: str | None = None,
     force: bool = False,
     reuse: bool = True,
     plugins: Sequence[str] | None = None,
@@ -50,7 +52,8 @@ def explain(
     opts = RunOptions(
         methods=list(methods) if methods is not None else None, data=str(data) if data else None, target=target,
         peers=list(peers) if peers is not None else None, method_config=dict(config or {}), device=device,
-        seed=seed, max_samples=max_samples, batch_size=batch_size, experiment=experiment, force=force, reuse=reuse,
+        seed=seed, max_samples=max_samples, batch_size=batch_size, output=output, task=task, experiment=experiment,
+        force=force, reuse=reuse,
     )
     pipe = Pipeline(model_uri, opts, tracking_uri=resolve_tracking_uri(tracking_uri), host=_host(plugins),
                     workdir=Path(workdir) if workdir else None, progress=progress,
@@ -112,12 +115,14 @@ def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: st
     return _resolve(model_uri, tracking_uri=uri, download_dir=dst)
 
 
-def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None):
-    """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view."""
+def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None,
+         output: str | None = None, task: str | None = None):
+    """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view.
+    ``output`` names the graph output to explain, ``task`` overrides the detected task."""
     from governance.run.pipeline import load_model
 
     info = resolve(model_uri, tracking_uri=tracking_uri)
-    return load_model(info, device=device, batch_size=batch_size, host=_host())
+    return load_model(info, device=device, batch_size=batch_size, host=_host(), output=output, task=task)
 
 
 def report_model(model_uri: str, **kwargs: Any) -> Any:

@@ -24,6 +24,7 @@ def execute_many(model_uris: tuple[str, ...], executor: str, *, as_json: bool, *
         config=method_config(options["config_file"], options["overrides"]), device=options["device"],
         seed=options["seed"], max_samples=options["max_samples"], experiment=options["experiment"],
         force=options["force"], plugins=split_csv(options["plugins"]), tracking_uri=options["tracking_uri"],
+        output=options.get("output") or None, task=None if options.get("task") in (None, "auto") else options["task"],
         invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None,
     )
     errors = [(uri, o) for uri, o in zip(model_uris, outcomes) if isinstance(o, BaseException)]

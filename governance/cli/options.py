@@ -47,6 +47,13 @@ def run_options(fn: Callable) -> Callable:
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_from_settings("device", "auto"),
                      show_default="auto",
                      help="cuda fails loudly when no GPU is really used."),
+        click.option("--output", "output", metavar="NAME",
+                     help="The model output to explain (default: chosen by name, type and shape, e.g. the "
+                     "probabilities of a converted classifier rather than its label; see `governance inspect`)."),
+        click.option("--task", type=click.Choice(["auto", "classification", "regression"]), default="auto",
+                     show_default=True,
+                     help="auto: detected (one float output is a regressor); classification: class scores "
+                     "(e.g. a single binary logit); regression: the predicted value."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--max-samples", type=click.IntRange(1), default=512, show_default=True,
                      help="Cap on the samples handed to the methods."),

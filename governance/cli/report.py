@@ -127,7 +127,8 @@ def report_cmd(model_uri: str | None, methods: str | None, data: str | None, tar
                config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
                experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, as_json: bool,
                policy: str | None, model_card: str | None, out_dir: str | None, template_dirs: tuple[str, ...],
-               reuse: bool, signer: str | None, from_run: str | None, no_log: bool, no_pdf: bool) -> None:
+               reuse: bool, signer: str | None, from_run: str | None, no_log: bool, no_pdf: bool,
+               output: str | None = None, task: str = "auto") -> None:
     """Explain MODEL_URI (or reuse an identical earlier run) and write a dated, signable compliance report:
     report.json, report.html, a PDF/A-3b with report.json and manifest.json embedded, and the manifest.
     The report is logged under report/ in the MLflow run, and the model version is tagged with
@@ -163,7 +164,8 @@ def report_cmd(model_uri: str | None, methods: str | None, data: str | None, tar
                 max_samples=max_samples, experiment=experiment, force=force, reuse=reuse,
                 plugins=split_csv(plugins), tracking_uri=tracking_uri, policy=policy, model_card=model_card,
                 template_dirs=[Path(d) for d in template_dirs], signer=_signer(signer), log_to_mlflow=not no_log,
-                pdf=not no_pdf, progress=callback,
+                pdf=not no_pdf, progress=callback, output=output or None,
+                task=None if task in (None, "auto") else task,
                 invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None)
     if as_json:
         echo_json(result.to_dict())

@@ -34,7 +34,8 @@ def progress_printer(enabled: bool) -> tuple[Any, Any]:
 
 def execute_run(model_uri: str, *, methods: str | None, data: str | None, target: str | None, peers: str | None,
                 config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
-                experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, quiet: bool) -> Any:
+                experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, quiet: bool,
+                output: str | None = None, task: str | None = None) -> Any:
     from governance.api import explain
 
     callback, bar = progress_printer(not quiet and sys.stderr.isatty())
@@ -43,7 +44,7 @@ def execute_run(model_uri: str, *, methods: str | None, data: str | None, target
             model_uri, methods=split_csv(methods), data=data, target=target, peers=split_csv(peers),
             config=method_config(config_file, overrides), device=device, seed=seed, max_samples=max_samples,
             experiment=experiment, force=force, plugins=split_csv(plugins), tracking_uri=tracking_uri,
-            progress=callback, invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None,
+            output=output or None, task=None if task in (None, "auto") else task, progress=callback, invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None,
         )
 
 
@@ -80,7 +81,7 @@ def print_run_summary(run: Any) -> None:
 def run_cmd(model_uris: tuple[str, ...], methods: str | None, data: str | None, target: str | None,
             peers: str | None, config_file: str | None, overrides: tuple[str, ...], device: str, seed: int,
             max_samples: int, experiment: str, force: bool, plugins: str | None, tracking_uri: str | None,
-            as_json: bool, executor: str) -> None:
+            as_json: bool, executor: str, output: str | None = None, task: str = "auto") -> None:
     """Explain each MODEL_URI (models:/name/3, models:/name@alias, runs:/id/path or a .onnx file) and log the
     explanations, metrics and figures to a new MLflow run linked to the model version.
 
@@ -96,12 +97,13 @@ def run_cmd(model_uris: tuple[str, ...], methods: str | None, data: str | None, 
         execute_many(model_uris, executor, as_json=as_json, methods=methods, data=data, target=target, peers=peers,
                      config_file=config_file, overrides=overrides, device=device, seed=seed,
                      max_samples=max_samples, experiment=experiment, force=force, plugins=plugins,
-                     tracking_uri=tracking_uri)
+                     tracking_uri=tracking_uri, output=output, task=task)
         return
     model_uri = model_uris[0]
     run = execute_run(model_uri, methods=methods, data=data, target=target, peers=peers, config_file=config_file,
                       overrides=overrides, device=device, seed=seed, max_samples=max_samples, experiment=experiment,
-                      force=force, plugins=plugins, tracking_uri=tracking_uri, quiet=as_json)
+                      force=force, plugins=plugins, tracking_uri=tracking_uri, quiet=as_json, output=output,
+                      task=task)
     if as_json:
         echo_json(run.to_dict())
     else:

@@ -62,7 +62,10 @@ def load_model(info: "ModelVersionInfo", options: dict[str, Any]) -> "LoadedMode
 
     ``info.flavors`` lists the MLflow flavors in the model's ``MLmodel`` file and ``info.local_path`` the
     downloaded files. ``options`` holds ``device`` (``"auto" | "cpu" | "cuda"``), ``prefer``
-    (a runtime name or ``None``) and ``batch_size``.
+    (a runtime name or ``None``), ``batch_size``, ``output`` (the name of the model output to explain,
+    ``--output``; ``None``: the loader chooses, e.g. the probabilities of a converted classifier rather
+    than its label) and ``task`` (``"classification" | "regression"``, ``--task``; ``None``: detect it
+    and set ``LoadedModel.task``/``task_reason``). Keys may be added; ignore the ones you do not know.
 
     Stops at the first non-None result; plugins registered later are called first, so a third-party
     loader can take over a flavor from the built-in one.

@@ -127,6 +127,8 @@ def report_for_model(
     pdf: bool = True,
     progress: Callable[[str, float, str], None] | None = None,
     invocation: str | None = None,
+    output: str | None = None,
+    task: str | None = None,
 ) -> ReportResult:
     """Explain ``model_uri`` (reusing an identical finished run unless ``force``), build the report in
     ``out_dir/<name>-v<version>/`` (or ``out_dir`` itself when ``subfolder`` is false), log it to the run
@@ -150,7 +152,7 @@ def report_for_model(
     uri = resolve_tracking_uri(tracking_uri)
     run = explain(model_uri, methods=methods, data=data, target=target, peers=peers, config=config, device=device,
                   tracking_uri=uri, experiment=experiment, seed=seed, max_samples=max_samples, force=force,
-                  reuse=reuse, plugins=plugins, progress=progress,
+                  reuse=reuse, plugins=plugins, progress=progress, output=output, task=task,
                   invocation=invocation or f"governance.report({model_uri!r})")
     try:
         from governance.host.tracking import client as make_client

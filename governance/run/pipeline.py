@@ -43,6 +43,8 @@ class RunOptions:
     seed: int = 0
     max_samples: int = 512
     batch_size: int | None = None
+    output: str | None = None  # the model output to explain (--output); None: the loader chooses
+    task: str | None = None  # "classification" | "regression" (--task); None: detected
     experiment: str = "governance"
     force: bool = False
     reuse: bool = True
@@ -52,14 +54,16 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def load_model(info: Any, *, device: str, batch_size: int | None, host: Any) -> Any:
+def load_model(info: Any, *, device: str, batch_size: int | None, host: Any, output: str | None = None,
+               task: str | None = None) -> Any:
     """Ask the ``load_model`` hook for a runtime; a clear error when no plugin can load the flavor."""
-    model = host.hook.load_model(info=info, options={"device": device, "batch_size": batch_size, "prefer": None})
+    model = host.hook.load_model(info=info, options={"device": device, "batch_size": batch_size, "prefer": None,
+                                                     "output": output, "task": task})
     if model is None:
         raise ModelLoadError(
             f"no installed plugin can load {info.display_name} (flavors: {', '.join(info.flavors) or 'none'})",
-            hint="governance loads the onnx and pytorch flavors; log the model with mlflow.onnx or mlflow.pytorch, "
-            "or install a plugin that implements load_model for this flavor",
+            hint="governance loads the onnx, pytorch, sklearn, lightgbm and xgboost flavors; log the model with "
+            "one of those, or install a plugin that implements load_model for this flavor",
         )
     return model
 
@@ -82,13 +86,23 @@ def config_hash(payload: dict[str, Any]) -> str:
 
 
 def evaluate_performance(model: Any, data: Any) -> dict[str, Any]:
-    """Accuracy (classifiers) or RMSE/R² (regressors) on the labelled data, when there are labels."""
+    """Accuracy (classifiers) or RMSE/R² (regressors, ``model.task``) on the labelled data, when there are
+    labels; computed on the output the methods explain (``output`` names it)."""
     if data.y is None:
         return {}
     out = model.predict(data.X)
     y = np.asarray(data.y)
-    res: dict[str, Any] = {"n": int(len(y)), "on": data.source}
-    if out.ndim == 2 and out.shape[1] > 1 and np.issubdtype(y.dtype, np.integer):
+    res: dict[str, Any] = {"n": int(len(y)), "on": data.source, "task": getattr(model, "task", None),
+                           "output": model.output_spec.name}
+    flat = out.reshape(len(y), -1)
+    if getattr(model, "task", "classification") == "classification" and flat.shape[1] == 1:
+        # one binary score: a probability after a sigmoid (class 1 above 0.5), else a logit (above 0)
+        sigmoid = "sigmoid" in str(getattr(model, "task_reason", ""))
+        flat = np.concatenate([1 - flat, flat] if sigmoid else [-flat, flat], axis=1)
+    is_labels = np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                       and np.all(np.mod(y, 1) == 0))
+    if getattr(model, "task", "classification") == "classification" and flat.shape[1] > 1 and is_labels:
+        out, y = flat, y.astype(np.int64)
         pred = out.argmax(1)
         res["accuracy"] = float((pred == y).mean())
         classes = np.unique(y)
@@ -135,7 +149,8 @@ class Pipeline:
         self.progress("", 0.0, f"resolving {self.model_uri}")
         self.info = resolve(self.model_uri, tracking_uri=self.tracking_uri, download_dir=downloads)
         self.progress("", 0.0, f"loading {self.info.display_name}")
-        self.model = load_model(self.info, device=opts.device, batch_size=opts.batch_size, host=self.host)
+        self.model = load_model(self.info, device=opts.device, batch_size=opts.batch_size, host=self.host,
+                                output=opts.output, task=opts.task)
         self.data_all = load_dataset(opts.data, self.model, target=opts.target, tracking_uri=self.tracking_uri,
                                      download_dir=self.workdir / "_data")
         rng = np.random.default_rng(opts.seed)
@@ -157,7 +172,8 @@ class Pipeline:
         peers, infos = [], []
         for k, uri in enumerate(uris):
             pinfo = resolve(uri, tracking_uri=self.tracking_uri, download_dir=downloads / f"peer{k}")
-            peers.append(load_model(pinfo, device=self.opts.device, batch_size=self.opts.batch_size, host=self.host))
+            peers.append(load_model(pinfo, device=self.opts.device, batch_size=self.opts.batch_size, host=self.host,
+                                    output=self.opts.output, task=self.opts.task))
             infos.append({"uri": uri, "name": pinfo.name, "version": pinfo.version,
                           "content_sha256": pinfo.content_sha256})
         return peers, infos
@@ -169,6 +185,8 @@ class Pipeline:
             "seed": self.opts.seed,
             "max_samples": self.opts.max_samples,
             "device": self.opts.device,
+            **({"output": self.opts.output} if self.opts.output else {}),
+            **({"task": self.opts.task} if self.opts.task else {}),
             "data": {"source": self.data.source, "sha256": self.data.sha256, "n": len(self.data)},
             "peers": self.peer_infos,
         }
