@@ -82,4 +82,6 @@ def fixed_batch_module(inner: Any, batch: int) -> Any:
         def run(self, x: Any, record: Any = ()) -> Any:
             return run_torch(lambda c: self.inner.run(c, record), x, batch)
 
-    return FixedBatch().eval()
+    wrapper = FixedBatch()
+    wrapper.training = False  # not .eval(): a torch.export graph raises on train()/eval() (platform-facts P5)
+    return wrapper

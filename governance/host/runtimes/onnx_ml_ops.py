@@ -52,6 +52,20 @@ def _as_2d_float(x):
     return x.reshape(1, -1) if x.dim() == 1 else x
 
 
+def linear_weights(a: dict, dtype=None) -> tuple:
+    """(W as (rows, features), b) of a LinearClassifier/LinearRegressor from its attributes. A torch view
+    registers them as parameters (``a["__weights__"]`` then returns those), so that weight audits and
+    randomisation checks see them."""
+    torch = _t()
+    if "__weights__" in a:
+        w, b = a["__weights__"]()
+        return (w, b) if dtype is None else (w.to(dtype), b.to(dtype))
+    rows = len(a.get("intercepts", [])) or int(a.get("targets", 1))
+    w = torch.tensor(list(a["coefficients"]), dtype=dtype or torch.float32).reshape(rows, -1)
+    b = torch.tensor(list(a.get("intercepts", [0.0] * rows)), dtype=dtype or torch.float32)
+    return w, b
+
+
 def _linear_classifier_limits(n: NodeInfo) -> str | None:
     if n.uses_output(0) and "classlabels_strings" in n.attrs:
         return "string class labels (output Y) are not supported"
@@ -65,8 +79,7 @@ def _linear_classifier(i, a):
     the logistic when post_transform=LOGISTIC, unchanged otherwise), as ONNX Runtime does."""
     torch = _t()
     x = _as_2d_float(i[0])
-    b = torch.tensor(list(a["intercepts"]), dtype=x.dtype)
-    w = torch.tensor(list(a["coefficients"]), dtype=x.dtype).reshape(len(b), -1)
+    w, b = linear_weights(a, x.dtype)
     scores = x @ w.T + b
     pt = _s(a.get("post_transform", "NONE"))
     labels = list(a.get("classlabels_ints", [])) or None
@@ -83,11 +96,8 @@ def _linear_classifier(i, a):
 
 @register("LinearRegressor", domain=ML, limits=(_post_transform_in("NONE", "LOGISTIC", "SOFTMAX"),))
 def _linear_regressor(i, a):
-    torch = _t()
     x = _as_2d_float(i[0])
-    targets = int(a.get("targets", 1))
-    w = torch.tensor(list(a["coefficients"]), dtype=x.dtype).reshape(targets, -1)
-    b = torch.tensor(list(a.get("intercepts", [0.0] * targets)), dtype=x.dtype)
+    w, b = linear_weights(a, x.dtype)
     return _post(x @ w.T + b, _s(a.get("post_transform", "NONE")))
 
 

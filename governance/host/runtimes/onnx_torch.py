@@ -189,6 +189,18 @@ def build_torch_view(model: Any, output: str | None = None) -> Any:
             self.output_name = output
             self.program = program
             self.node_names = [c.name for c in program.nodes]
+            self._attribute_weights()
+
+        def _attribute_weights(self) -> None:
+            """Coefficients that ai.onnx.ml linear operators hold in attributes become parameters too."""
+            from governance.host.runtimes.onnx_ml_ops import linear_weights
+
+            for k, c in enumerate(self.program.nodes):
+                if c.node.op_type in ("LinearClassifier", "LinearRegressor"):
+                    w, b = linear_weights(c.attrs)
+                    self.register_parameter(f"ml{k}_w", torch.nn.Parameter(w, requires_grad=False))
+                    self.register_parameter(f"ml{k}_b", torch.nn.Parameter(b, requires_grad=False))
+                    c.attrs["__weights__"] = (lambda k=k: (getattr(self, f"ml{k}_w"), getattr(self, f"ml{k}_b")))
 
         def run(self, x: Any, record: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
             env: dict[str, Any] = dict(self._const)
