@@ -151,5 +151,7 @@ def test_fixed_batch_numpy_and_torch_chunks_match_the_batched_call():
     np.testing.assert_array_equal(run_numpy(f, x, 2), x * 3.0)
     assert calls == [2, 2, 2]
     t = torch.from_numpy(x).requires_grad_(True)
-    run_torch(lambda c: c * 3.0, t, 2).sum().backward()
+    out = run_torch(lambda c: c * 3.0, t, 2)
+    np.testing.assert_array_equal(out.detach().numpy(), x * 3.0)  # 5 rows back, padding dropped
+    out.sum().backward()
     np.testing.assert_array_equal(t.grad.numpy(), np.full_like(x, 3.0))  # padding rows add no gradient
