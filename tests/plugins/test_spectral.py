@@ -331,6 +331,31 @@ def test_breast_cancer_mlp_on_onnx_runtime(tmp_path, breast_cancer):
     assert set(e.figures) == {"spectrum", "feature_energy", "fidelity"} and all(p.exists() for p in e.figures.values())
     assert any(name in e.details["formulas"][0]["formula"] for name in ds.feature_names)
     assert len(e.tables["top_terms_0"]) == 12 and e.tables["spectrum"][0]["degree"] == 1
+    # the readable formula: at most formula_max_terms of the 1,396 terms, at least 90 % of the variance
+    for f in e.details["formulas"]:
+        assert 1 <= f["n_terms"] <= 40 and f["share"] >= 0.9 and f["n_terms_needed"] == f["n_terms"]
+    # printed in the features' own units: evaluated here at the scored rows (clipped to the box, as the surrogate
+    # is) it reproduces the R² the method reports for it, and the network's outputs are the stored ones
+    rows, box = e.arrays["data_rows"], e.arrays["box"]
+    Xc = np.clip(ds.X[rows].astype(np.float64), box[:, 0], box[:, 1])
+    np.testing.assert_allclose(e.arrays["data_network"], onnx_model.predict(ds.X[rows]), atol=1e-5)
+    names = sorted(ds.feature_names, key=len, reverse=True)  # longest first: 'worst area' before 'area'
+    for f in e.details["formulas"]:
+        text = f["formula"]
+        for n, name in enumerate(names):
+            text = text.replace(name, f"v{ds.feature_names.index(name)}_")
+        got = _evaluate_printed(text, {f"v{i}_": Xc[:, i] for i in range(30)})
+        y = e.arrays["data_network"][:, f["index"]]
+        assert f["r2_data"] == pytest.approx(1 - ((y - got) ** 2).sum() / ((y - y.mean()) ** 2).sum(), abs=1e-9)
+    # degree 1 vs degree 3 on dataset rows, stated with its numbers
+    assert m["r2_linear_data"] > m["r2_data"]  # this network: the linear part fits dataset rows better
+    assert (f"On dataset rows the degree-1 truncation fits the network better than the full degree-3 surrogate "
+            f"(R² {m['r2_linear_data']:.3f} vs {m['r2_data']:.3f}") in " ".join(e.findings)
+    assert f"On dataset rows its degree-1 truncation fits better (R² {m['r2_linear_data']:.3f}" in e.summary
+    assert e.verdicts()["r2_data"] == "not informative" and "surrogate R² on dataset rows (the degree-1" in e.summary
+    # the ONNX model's torch view gives the randomised-weights control
+    assert {c.key for c in e.controls if c.metric == "r2_heldout"} == {"mean", "degree1", "randomised_model"}
+    assert e.verdicts()["r2_heldout"] == "informative"
 
 
 def test_energy_sparsification_and_runtime_parity(tmp_path, breast_cancer):
