@@ -128,34 +128,65 @@ class Comparison:
     n_points: int
 
 
-def paired_bootstrap(figure: Callable[[np.ndarray], float], control: Callable[[np.ndarray], float], n: int,
-                     rng: np.random.Generator, draws: int = BOOTSTRAP_DRAWS) -> Comparison:
-    """Figure and control on all n points, and the spread of (figure - control) and of the control over
-    ``draws`` resamples of the points (the same resample for both: a paired comparison)."""
-    every = np.arange(n)
+#: a statistic of the scored points, given resampling counts W (draws, n): one value per row of W
+Statistic = Callable[[np.ndarray], np.ndarray]
+
+
+def resample_counts(n: int, rng: np.random.Generator, draws: int = BOOTSTRAP_DRAWS) -> np.ndarray:
+    """(draws, n): how often each of n points appears in each resample with replacement."""
     idx = rng.integers(0, n, size=(draws, n))
-    f = np.array([figure(i) for i in idx])
-    c = np.array([control(i) for i in idx])
+    return np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
+
+
+def paired_bootstrap(figure: Statistic, control: Statistic, counts: np.ndarray) -> Comparison:
+    """Figure and control on all points, and the spread of (figure - control) and of the control over the
+    resamples ``counts`` (the same resamples for both: a paired comparison). A resample is given as counts per
+    point, so every statistic is a weighted sum (vectorised)."""
+    every = np.ones((1, counts.shape[1]))
+    f, c = figure(counts), control(counts)
     adv = (f - c)[np.isfinite(f - c)]
     c = c[np.isfinite(c)]
-    return Comparison(figure(every), control(every), float(adv.std(ddof=1)) if len(adv) > 1 else float("nan"),
-                      float(c.std(ddof=1)) if len(c) > 1 else float("nan"), n)
+    return Comparison(float(figure(every)[0]), float(control(every)[0]),
+                      float(adv.std(ddof=1)) if len(adv) > 1 else float("nan"),
+                      float(c.std(ddof=1)) if len(c) > 1 else float("nan"), counts.shape[1])
 
 
-def _r2(y: np.ndarray, pred: np.ndarray) -> Callable[[np.ndarray], float]:
-    return lambda i: F.nanmean(F.r2_per_output(y[i], pred[i]))
+def _mean_over_outputs(r2: np.ndarray) -> np.ndarray:
+    """(draws, K) -> (draws,): mean over the outputs where R² is defined (all-nan rows give nan)."""
+    finite = np.isfinite(r2)
+    count = finite.sum(axis=1)
+    return np.where(count > 0, np.where(finite, r2, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)
 
 
-def _best_constant(y: np.ndarray) -> Callable[[np.ndarray], float]:
-    return lambda i: F.nanmean(F.r2_per_output(y[i], np.broadcast_to(y[i].mean(axis=0), y[i].shape)))
+def _r2(y: np.ndarray, pred: np.ndarray) -> Statistic:
+    """Mean R² over the outputs, on resampled points (undefined for outputs constant on the points)."""
+    n, constant = len(y), F.constant_outputs(y)
+    sq_err, y1, y2 = (y - pred) ** 2, y, y**2
+
+    def stat(W: np.ndarray) -> np.ndarray:
+        sse = W @ sq_err
+        sst = W @ y2 - (W @ y1) ** 2 / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = 1.0 - sse / sst
+        return _mean_over_outputs(np.where(constant[None, :] | ~(sst > 0), np.nan, r2))
+
+    return stat
 
 
-def _agree(y: np.ndarray, pred: np.ndarray) -> Callable[[np.ndarray], float]:
-    return lambda i: float(np.mean(y[i].argmax(axis=1) == pred[i].argmax(axis=1)))
+def _best_constant(y: np.ndarray) -> Statistic:
+    """R² of predicting the mean of the (resampled) points: 0 wherever R² is defined."""
+    constant = F.constant_outputs(y)
+    return lambda W: _mean_over_outputs(np.where(constant[None, :], np.nan, np.zeros((len(W), y.shape[1]))))
 
 
-def _majority(y: np.ndarray) -> Callable[[np.ndarray], float]:
-    return lambda i: float(np.bincount(y[i].argmax(axis=1), minlength=y.shape[1]).max() / len(i))
+def _agree(y: np.ndarray, pred: np.ndarray) -> Statistic:
+    correct = (y.argmax(axis=1) == pred.argmax(axis=1)).astype(np.float64)
+    return lambda W: W @ correct / len(y)
+
+
+def _majority(y: np.ndarray) -> Statistic:
+    onehot = np.eye(y.shape[1])[y.argmax(axis=1)]
+    return lambda W: (W @ onehot).max(axis=1) / len(y)
 
 
 def _record(explanation: Explanation, metric: str, key: str, cmp: Comparison, label: str) -> None:
@@ -179,16 +210,16 @@ def add_fidelity_controls(explanation: Explanation, scores: Scores, randomised: 
 
 def _point_controls(explanation: Explanation, points: PointSet, where: str, random_pred: np.ndarray | None, p: int,
                     rng: np.random.Generator) -> None:
-    y, n = points.y, len(points.y)
+    y, counts = points.y, resample_counts(len(points.y), rng)  # one set of resamples: every comparison is paired
     place = "held-out box points" if where == "heldout" else "dataset rows"
     figure = _r2(y, points.yhat)
-    controls: list[tuple[str, Callable[[np.ndarray], float]]] = [("mean", _best_constant(y))]
+    controls: list[tuple[str, Statistic]] = [("mean", _best_constant(y))]
     if p > 1:
         controls.append(("degree1", _r2(y, points.truncations[1])))
     if random_pred is not None:
         controls.append(("randomised_model", _r2(y, random_pred)))
     for key, control in controls:
-        _record(explanation, f"r2_{where}", key, paired_bootstrap(figure, control, n, rng), f"surrogate R² on {place}")
+        _record(explanation, f"r2_{where}", key, paired_bootstrap(figure, control, counts), f"surrogate R² on {place}")
     if y.shape[1] < 2:
         return
     figure = _agree(y, points.yhat)
@@ -198,7 +229,7 @@ def _point_controls(explanation: Explanation, points: PointSet, where: str, rand
     if random_pred is not None:
         controls.append(("randomised_model", _agree(y, random_pred)))
     for key, control in controls:
-        _record(explanation, f"agreement_{where}", key, paired_bootstrap(figure, control, n, rng),
+        _record(explanation, f"agreement_{where}", key, paired_bootstrap(figure, control, counts),
                 f"class agreement on {place}")
 
 

@@ -14,6 +14,7 @@ metrics, tables, figures (report.py) -> controls of the headline figures -> word
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -107,9 +108,10 @@ class SpectralSurrogate(Method):
 
 def _formulas(pb: Problem, surrogate: Surrogate, analysis: Analysis) -> list[ReadableFormula]:
     box_map = BoxMap.from_box(pb.reduction.names, pb.box)
-    return [readable_formula(surrogate.coef[k], surrogate.alpha, surrogate.gamma, box_map, pb.cfg.basis,
-                             share=pb.cfg.formula_share, max_terms=pb.cfg.formula_max_terms,
-                             output=analysis.out_names[k], index=k, constant=bool(analysis.constant[k]))
+    return [dataclasses.replace(
+        readable_formula(surrogate.coef[k], surrogate.alpha, surrogate.gamma, box_map, pb.cfg.basis,
+                         share=pb.cfg.formula_share, max_terms=pb.cfg.formula_max_terms,
+                         constant=bool(analysis.constant[k])), output=analysis.out_names[k], index=k)
             for k in analysis.shown]
 
 

@@ -110,7 +110,7 @@ class Monomial:
 class ReadableFormula:
     """One output's readable formula, the basis terms it came from, and the share of variance they carry."""
 
-    output: str
+    output: str  # the output's name and index (set by the caller)
     index: int
     terms: np.ndarray  # indices into the index set, largest energy first (the ones written out)
     n_needed: int  # terms the stated share needs (> len(terms) when capped at formula_max_terms)
@@ -143,8 +143,7 @@ class ReadableFormula:
 
 
 def readable_formula(coef_row: np.ndarray, alpha: np.ndarray, gamma: np.ndarray, box_map: BoxMap,
-                     basis: BasisName, *, share: float, max_terms: int, output: str = "", index: int = 0,
-                     constant: bool = False) -> ReadableFormula:
+                     basis: BasisName, *, share: float, max_terms: int, constant: bool = False) -> ReadableFormula:
     """The fewest terms holding ``share`` of the variance (at most ``max_terms``), written out in units.
     ``constant``: the network's output does not vary, so the formula is its constant term alone (the other
     coefficients are float noise)."""
@@ -168,7 +167,7 @@ def readable_formula(coef_row: np.ndarray, alpha: np.ndarray, gamma: np.ndarray,
     monomials = [Monomial(round_sig(polynomial[key], COEF_DIGITS), key) for key in keep]
     intercept = round_sig(constant, COEF_DIGITS) if abs(constant) > NEGLIGIBLE * scale else 0.0
     used = sorted({i for m in monomials for i, _ in m.powers})
-    return ReadableFormula(output=output, index=index, terms=shown, n_needed=len(selected), share=reached,
+    return ReadableFormula(output="", index=0, terms=shown, n_needed=len(selected), share=reached,
                            target=share, intercept=intercept, monomials=monomials, box_map=box_map,
                            coordinates=used)
 

@@ -590,13 +590,14 @@ def test_pca_loadings_are_named_in_the_text(tmp_path):
 
 # ------------------------------------------------------------------------------------ controls
 def test_paired_bootstrap_matches_the_standard_error_of_a_mean_difference():
-    from governance_plugins.spectral.controls import paired_bootstrap
+    from governance_plugins.spectral.controls import paired_bootstrap, resample_counts
 
     rng = np.random.default_rng(0)
     a = rng.normal(1.0, 1.0, 4000)
     b = a + rng.normal(0.2, 0.5, 4000)  # paired: the difference has sd 0.5, whatever the spread of a
-    cmp = paired_bootstrap(lambda i: float(a[i].mean()), lambda i: float(b[i].mean()), len(a),
-                           np.random.default_rng(1), draws=400)
+    counts = resample_counts(len(a), np.random.default_rng(1), draws=400)
+    assert np.all(counts.sum(axis=1) == len(a))
+    cmp = paired_bootstrap(lambda W: W @ a / len(a), lambda W: W @ b / len(b), counts)
     assert cmp.value == pytest.approx(a.mean()) and cmp.control == pytest.approx(b.mean())
     assert cmp.sd_advantage == pytest.approx((a - b).std() / np.sqrt(len(a)), rel=0.15)
     assert cmp.sd_control == pytest.approx(b.std() / np.sqrt(len(b)), rel=0.15)
