@@ -98,6 +98,7 @@ class RandomisedControl:
     data: np.ndarray | None
     reason: str | None  # why it was not computed
     n_evaluations: int = 0
+    n_weights: int = 0  # weight entries permuted
 
     @property
     def linear_share(self) -> np.ndarray | None:
@@ -110,12 +111,12 @@ class RandomisedControl:
 
 def randomised_control(ctx: MethodContext, problem: Problem, scores: Scores, trained: Surrogate) -> RandomisedControl:
     """The same surrogate (same points, so the factorised normal equations are reused) of the randomised copy."""
-    run, _, reason = randomised_runner(ctx)
+    run, n_weights, reason = randomised_runner(ctx)
     if run is None:
         return RandomisedControl(None, None, None, reason)
     surrogate = build_surrogate(problem.with_model(run), same_points_as=trained.fit)
     return RandomisedControl(surrogate, surrogate.predict(scores.heldout.z), surrogate.predict(scores.data.z), None,
-                             surrogate.fit.n_evaluations)
+                             surrogate.fit.n_evaluations, n_weights)
 
 
 # ------------------------------------------------------------------------------------------ bootstrap

@@ -25,8 +25,9 @@ from governance_plugins.spectral.fit import fewest_terms
 #: significant digits of printed coefficients and box centres
 COEF_DIGITS = 3
 CENTRE_DIGITS = 4
-#: monomials smaller than this fraction of the largest one (over the box) are float residue, not terms
-NEGLIGIBLE = 1e-9
+#: monomials smaller than this fraction of the largest one (over the box) are dropped: they are residue of rounding
+#: the box centres (or float noise), below what the 3-digit rounding of the printed coefficients already changes
+NEGLIGIBLE = 1e-4
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 

@@ -145,7 +145,7 @@ def details(r: Result) -> dict[str, Any]:
         "formula_share": cfg.formula_share, "formulas": _formula_details(r), "linear_formulas": _linear_details(r),
         "outputs": r.analysis.out_names, "shown_outputs": r.analysis.shown,
         "data_outside_box": float(np.mean(r.scores.outside)),
-        "controls_text": MARGIN_TEXT,
+        "controls_text": MARGIN_TEXT, "randomised_weights": r.randomised.n_weights,
         "controls_not_computed": _missing_controls(r),
     }
 
