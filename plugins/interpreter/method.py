@@ -15,10 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
-from governance.errors import MethodError
 from governance import Explanation, Method, MethodConfig, MethodContext, Requirement
 
 VERSION = "1.1.0"

@@ -135,23 +135,21 @@ def make_plan(ctx: MethodContext) -> Plan:
     cfg, model, data = ctx.config, ctx.model, ctx.data
     X = model.check_input(data.X)
     train_idx, hold_idx = split_indices(len(X), cfg, ctx.rng)
-    image = data.modality == "image" and X.ndim == 4
-    lo, hi = float(X.min()), float(X.max())
+    kind = InputKind(data.modality == "image" and X.ndim == 4, float(X.min()), float(X.max()))
     ctx.progress(0.02, "choosing hidden layers")
-    layers, why_layers, shapes, n_outputs = resolve_taps(model, cfg, X[train_idx[:4]], image)
+    taps = resolve_taps(model, cfg, X[train_idx[:4]], kind.image)
     dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
     all_idx = np.concatenate([train_idx, hold_idx])
-    need_mib = bytes_per_sample(shapes, dtype) * len(all_idx) / 2**20
-    streaming, notes = cache_decision(cfg, layers, len(all_idx), need_mib)
-    n_classes = 2 if n_outputs == 1 else n_outputs
-    spec = make_spec(cfg, model, data, X, layers, shapes, n_classes, image, lo, hi)
+    need_mib = bytes_per_sample(taps.shapes, dtype) * len(all_idx) / 2**20
+    streaming, notes = cache_decision(cfg, taps.layers, len(all_idx), need_mib)
+    spec = make_spec(ctx, X, taps, kind)
     fit = FitOptions(schedule=schedule_from(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                      seed=int(ctx.seed), min_steps_per_epoch=cfg.min_steps_per_epoch)
     y = np.asarray(data.y) if data.y is not None else None
     labels = y[hold_idx].astype(np.int64) if y is not None and y.ndim == 1 and _integral(y) else None
     dev = torch.device(model.device if str(model.device).startswith("cuda") else "cpu")
-    return Plan(X=X[all_idx], train_idx=train_idx, hold_idx=hold_idx, image=image, lo=lo, hi=hi,
-                why_layers=why_layers, spec=spec, fit=fit, dtype=dtype, streaming=streaming, cache_mib=need_mib,
+    return Plan(X=X[all_idx], train_idx=train_idx, hold_idx=hold_idx, image=kind.image, lo=kind.lo, hi=kind.hi,
+                why_layers=taps.why, spec=spec, fit=fit, dtype=dtype, streaming=streaming, cache_mib=need_mib,
                 labels_hold=labels, device=dev, taus=tuple(cfg.taus), notes=notes)
 
 
@@ -177,9 +175,25 @@ def cache_decision(cfg: Any, layers: list[str], n: int, need_mib: float) -> tupl
     return False, []
 
 
-def resolve_taps(model: Any, cfg: Any, x_probe: np.ndarray, image: bool) -> tuple[list[str], str, list[list[int]], int]:
-    """The layers to tap (configured or the default choice), why, each one's per-sample shape, and the number
-    of model outputs per sample."""
+@dataclass(frozen=True)
+class InputKind:
+    image: bool  # (C, H, W) images
+    lo: float  # the data's range
+    hi: float
+
+
+@dataclass(frozen=True)
+class Taps:
+    """The layers read, why they were chosen, each one's per-sample shape, the model's outputs per sample."""
+
+    layers: list[str]
+    why: str
+    shapes: list[list[int]]
+    n_outputs: int
+
+
+def resolve_taps(model: Any, cfg: Any, x_probe: np.ndarray, image: bool) -> Taps:
+    """The layers to tap (configured or the default choice) and what they produce."""
     if cfg.layers:
         layers, why = list(dict.fromkeys(cfg.layers)), "layers given in the configuration"
     else:
@@ -192,24 +206,26 @@ def resolve_taps(model: Any, cfg: Any, x_probe: np.ndarray, image: bool) -> tupl
             raise MethodError(f"layer '{name}' does not produce a float tensor with a batch axis",
                               hint="tap a layer whose output is one (batch, ...) float tensor")
         shapes.append([int(d) for d in a.shape[1:]])
-    return layers, why, shapes, int(out.reshape(len(out), -1).shape[1])
+    return Taps(layers, why, shapes, int(out.reshape(len(out), -1).shape[1]))
 
 
-def make_spec(cfg: Any, model: Any, data: Any, X: np.ndarray, layers: list[str], shapes: list[list[int]],
-              n_classes: int, image: bool, lo: float, hi: float) -> InterpreterSpec:
+def make_spec(ctx: MethodContext, X: np.ndarray, taps: Taps, kind: InputKind) -> InterpreterSpec:
     from governance_plugins.interpreter.method import default_n_attributes
 
+    cfg = ctx.config
+    n_classes = 2 if taps.n_outputs == 1 else taps.n_outputs  # one output column: a binary logit or probability
     if n_classes < 2:
         raise MethodError("FLINT explains classifiers; the model has a single output that is not a class score",
                           hint="use a classifier that outputs one score per class")
-    unit = lo >= 0 and hi <= 1
-    reconstruction = cfg.reconstruction if cfg.reconstruction != "auto" else ("l1" if image and not unit else "mse")
+    unit = kind.lo >= 0 and kind.hi <= 1
+    reconstruction = (cfg.reconstruction if cfg.reconstruction != "auto"
+                      else ("l1" if kind.image and not unit else "mse"))
     return InterpreterSpec(
-        layers=layers, layer_shapes=shapes, n_classes=n_classes,
+        layers=taps.layers, layer_shapes=taps.shapes, n_classes=n_classes,
         n_attributes=cfg.n_attributes or default_n_attributes(n_classes), input_shape=list(X.shape[1:]),
-        modality="image" if image else "tabular", decoder_output="relu" if unit else "linear",
-        reconstruction=reconstruction, input_range=[lo, hi], class_names=data.class_names, mode="post-hoc",
-        source_model=model.info.uri, attribute_activation=cfg.attribute_activation,
+        modality="image" if kind.image else "tabular", decoder_output="relu" if unit else "linear",
+        reconstruction=reconstruction, input_range=[kind.lo, kind.hi], class_names=ctx.data.class_names,
+        mode="post-hoc", source_model=ctx.model.info.uri, attribute_activation=cfg.attribute_activation,
     )
 
 
