@@ -53,7 +53,8 @@ class FlintConfig(MethodConfig):
     max_pairs: int = Field(8, ge=1, le=64)
     am_pairs: int = Field(4, ge=0, le=32, description="pairs visualised by activation maximisation (images; 0: off)")
     am_min_pixels: int = Field(256, ge=0, description="activation maximisation only for inputs with at least this "
-                               "many pixels per channel (on smaller ones it yields saturated pixel noise)")
+                               "many pixels per channel: on 8x8 digits it yields saturated pixel noise, on 16x16 "
+                               "images it shows the pattern an attribute responds to")
     am_rounds: int = Field(12, ge=1)
     am_steps: int = Field(50, ge=1)
     am_lr: float = Field(0.05, gt=0)

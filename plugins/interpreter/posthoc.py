@@ -269,7 +269,8 @@ def train(plan: Plan, source: ActivationSource, *, seed: int | None = None, targ
             progress(epoch / plan.fit.epochs, f"epoch {epoch}/{plan.fit.epochs}: fidelity {record['fidelity']:.3f}")
 
     options = replace(plan.fit, seed=seed, on_epoch=on_epoch)
-    small = plan.step_floats() if plan.device.type == "cpu" else 1 << 40
+    # one intra-op thread for tiny steps on the CPU, unless every step also runs the model (streaming)
+    small = plan.step_floats() if plan.device.type == "cpu" and not plan.streaming else 1 << 40
     with torch.random.fork_rng(devices=[]), single_thread_if_small(small):
         torch.manual_seed(seed)
         interp = FlintInterpreter(plan.spec).to(plan.device)

@@ -321,14 +321,16 @@ def test_of4_posthoc_learnability_on_toy_and_frozen_predictor(tmp_path):
         p.requires_grad_(False)
         p.grad = None  # stale grads from training f would fail the check below
     before = {k: v.clone() for k, v in f.state_dict().items()}
-    expl, _ = run_method(model, ds, tmp_path, layers=taps, log_model=False, am_pairs=0, n_attributes=25, epochs=3,
-                         lr=1e-3, batch_size=64, min_steps_per_epoch=60, beta_after=0, sparsity_after=0,
-                         delta_after=1, controls=["untrained"])
+    expl, _ = run_method(model, ds, tmp_path, layers=taps, log_model=False, am_pairs=1, am_rounds=2, am_steps=10,
+                         n_attributes=25, epochs=3, lr=1e-3, batch_size=64, min_steps_per_epoch=60, beta_after=0,
+                         sparsity_after=0, delta_after=1, controls=["untrained"])
     hist = expl.tables["history"]
     assert hist[1]["fidelity"] >= 0.98
     assert all(h["cns_g_2"] < hist[0]["cns_g_2"] for h in hist[1:])
     assert all(torch.equal(before[k], v) for k, v in f.state_dict().items())
     assert all(p.grad is None for p in f.parameters())
+    # 16x16 inputs (256 pixels) get activation maximisation; the attribute rises from its live start (O-F6)
+    assert "am" in expl.figures and (expl.arrays["am_phi_after"] > expl.arrays["am_phi_before"]).all()
 
 
 # ------------------------------------------------------------------------------------------- O-F5
