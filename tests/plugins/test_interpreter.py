@@ -477,6 +477,26 @@ def test_randomised_copy_permutes_weights_and_leaves_the_model_alone(digits):
     assert not torch.allclose(clone.forward_with_activations(x, ["5"])[0], model.forward_with_activations(x, ["5"])[0])
 
 
+def test_permuted_targets_control_is_at_chance_and_a_copy_that_runs_the_original_is_refused(digits, tmp_path):
+    """The permuted-target interpreter agrees with the real model about as often as the class frequencies predict
+    (an independent computation); a 'randomised' copy that still runs the original model is skipped, and said."""
+    net, ds = digits
+    model = as_loaded(net, (1, 8, 8))
+    original = model.forward_with_activations
+    model.forward_with_activations = lambda x, l, _o=original: _o(x, l)  # copies of the LoadedModel keep this
+    expl, _ = run_method(model, ds.subset(300), tmp_path, log_model=False, am_pairs=0,
+                         controls=["randomised_model", "permuted_targets"], **FAST)
+    (c,) = [c for c in expl.controls if c.metric == "fidelity"]
+    assert c.key == "permuted_targets" and c.informative
+    f = expl.arrays["predictor_class"]
+    # an interpreter independent of the model's decisions agrees with them Σ_c p_f(c)·p_g(c) <= max_c p_f(c)
+    # of the time, up to sampling error
+    assert c.control_value <= np.bincount(f).max() / len(f) + 3 * math.sqrt(0.25 / len(f))
+    assert expl.details["controls"]["randomised_model"]["skipped"] == "randomising the copy's weights did not change its outputs"
+    assert any("model with randomised weights' was not computed" in f for f in expl.findings)
+    assert not any(c.key == "randomised_model" for c in expl.controls)
+
+
 def test_mas_are_the_top_samples_over_all_classes(digits_run):
     expl = digits_run["expl"]
     phi, hold = expl.arrays["attributes"], expl.arrays["heldout_indices"]
