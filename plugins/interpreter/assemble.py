@@ -114,8 +114,8 @@ def _summary_and_findings(ctx: MethodContext, res: PosthocResult, fig: K.Figures
             "attribute_purity": "that the attributes pick out class-specific inputs because of what the model learned"}
     for metric, claim in what.items():
         if failed := _failed(expl, metric):
-            findings.append(f"{K.LABELS[metric]} is not informative: the {' and the '.join(failed)} "
-                            f"score as well within the margin, so the figure does not show {claim}.")
+            findings.append(f"{K.LABELS[metric]} is not informative: it does not beat the control of the "
+                            f"{' nor that of the '.join(failed)} by the margin, so the figure does not show {claim}.")
     findings += _randomised_finding(res, fig)
     by_class: dict[int, list[tuple[int, float]]] = {}
     for c, j, r in M.relevant_pairs(res.vis["R"], ctx.config.relevance_threshold):
