@@ -844,3 +844,20 @@ def test_train_interpretable_options_dataclass_equals_keywords():
     (f1, g1, m1), (f2, g2, m2) = results
     assert all(torch.equal(a, b) for a, b in zip(g1.state_dict().values(), g2.state_dict().values()))
     assert m1["fidelity"] == m2["fidelity"] and len(m1["history"]) == 2
+
+
+def test_governance_run_logs_the_interpreter_into_its_own_run(registry, tmp_path):
+    """Through the host (run id handed to the method in ctx.options): the default log_model=true puts the
+    interpreter into the governance run, and no warning says it was not logged."""
+    import governance
+    from mlflow.tracking import MlflowClient
+
+    run = governance.explain("models:/digits-cnn/1", methods=["interpreter"], data=registry.data["digits"],
+                             tracking_uri=registry.uri, experiment="interp-logged", workdir=tmp_path,
+                             config={"interpreter": {"epochs": 1, "min_steps_per_epoch": 10, "am_pairs": 0,
+                                                     "controls": ["untrained"]}})
+    expl = run.explanation("interpreter")
+    assert expl.status == "ok", expl.reason
+    assert not [w for w in expl.warnings if "not logged" in w], expl.warnings
+    paths = [a.path for a in MlflowClient(registry.uri).list_artifacts(run.mlflow_run_id)]
+    assert "interpreter_model" in paths, paths
