@@ -79,7 +79,7 @@ def run_evidence(exp: Explanation, ctx: Any, cfg: Any, X: np.ndarray, recon: dic
 
 
 def _record(exp: Explanation, main: Evidence, controls: ControlEvidence, recon: dict[str, Any]) -> None:
-    from governance_plugins.bort.reference import Band
+    from governance_plugins.bort.reference import EVIDENCE_CONFIDENCE, Band
 
     exp.metrics.update(main.metrics)
     means: dict[str, float] = {}
@@ -87,10 +87,10 @@ def _record(exp: Explanation, main: Evidence, controls: ControlEvidence, recon: 
         draws = getattr(controls, group).get(metric)
         if metric not in main.metrics or not draws:
             continue
-        band = Band.of(draws)
+        band = Band.of(draws, confidence=EVIDENCE_CONFIDENCE, sides=1)
         means.setdefault(metric if group == "random_weights" else f"{metric}_random_order", band.mean)
         exp.add_control(metric, band.mean, key=key, control=f"{words}, {band.draws} draws", better=better,
-                        margin=band.margin, margin_rule=band.rule.replace("random draws", "control draws"),
+                        margin=band.margin, margin_rule=band.rule,
                         control_spread=band.sd, draws=band.draws)
     recon["control_means"] = means
 

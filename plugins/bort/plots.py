@@ -38,7 +38,7 @@ def deviation_figure(audits: Sequence[LayerAudit], reference: Sequence[Any] | No
     if reference is not None:
         ax.errorbar([reference[i].mean for i in idx], y, xerr=[reference[i].margin for i in idx], fmt="|", ms=12,
                     color="black", elinewidth=0.8, capsize=2, zorder=3,
-                    label=f"random weights, same shapes ({reference[0].draws} seeds) ± band")
+                    label="random weights of the same shapes ± tolerance band")
     for (label, by_name), color in zip(peers, _PEER_COLORS):
         xs = [by_name.get(audits[i].name, np.nan) for i in idx]
         if np.isfinite(xs).any():

@@ -15,6 +15,10 @@ an untrained wide MLP "near bounded-orthogonal". Every verdict here is relative 
   2 of 360 outside the prediction interval of 10, 0 of 360 with 50 draws for the small layers);
 * a figure is *closer* to bounded-orthogonal than random weights when it is below ``mean - band``, *further* when
   above ``mean + band``, and *near bounded-orthogonal* when it is also at most ``near_fraction`` of the mean.
+
+The reconstruction evidence asks a one-sided question (is the figure better than its control?), so its figures
+must clear a one-sided 99 % prediction bound of the control's draws (``EVIDENCE_CONFIDENCE``), also at least 10 %
+of the control's mean.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from governance_plugins.bort.layers import LayerWeight
 BAND_CONFIDENCE = 0.999
 #: ... and at least this share of the reference mean
 BAND_FLOOR = 0.10
+#: evidence figures (trace-back, saliency) beat their controls beyond this one-sided prediction bound
+EVIDENCE_CONFIDENCE = 0.99
 #: random weight sets drawn before drawing may stop early
 MIN_DRAWS = 5
 #: the summary figures whose bands decide when enough sets are drawn
@@ -43,14 +49,15 @@ LAYER_DRAWS = 50
 CHEAP_LAYER = 2_000_000
 
 
-def band_factor(n: int) -> float:
-    """Half-width of the two-sided ``BAND_CONFIDENCE`` prediction interval of one more draw, in units of the
-    sample standard deviation of ``n`` draws: ``t_{n-1} * sqrt(1 + 1/n)``."""
+def band_factor(n: int, confidence: float = BAND_CONFIDENCE, sides: int = 2) -> float:
+    """Half-width of the ``confidence`` prediction interval of one more draw (two-sided, or a one-sided bound), in
+    units of the sample standard deviation of ``n`` draws: ``t_{n-1} * sqrt(1 + 1/n)``."""
     if n < 2:
         return 0.0
     from scipy.special import stdtrit  # Student's t quantile (lighter to import than scipy.stats)
 
-    return float(stdtrit(n - 1, 0.5 + BAND_CONFIDENCE / 2) * math.sqrt(1.0 + 1.0 / n))
+    q = 0.5 + confidence / 2 if sides == 2 else confidence
+    return float(stdtrit(n - 1, q) * math.sqrt(1.0 + 1.0 / n))
 
 
 Position = Literal["closer", "within", "further"]
@@ -67,15 +74,19 @@ class Band:
     draws: int
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Band":
+    def of(cls, values: Sequence[float], confidence: float = BAND_CONFIDENCE, sides: int = 2) -> "Band":
+        """The band of ``values`` (the control's draws): a ``confidence`` prediction interval of one more draw
+        (``sides=1``: a one-sided bound, for "is the figure better than the control"), at least ``BAND_FLOOR`` of
+        the mean."""
         vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
         centre = float(np.mean(vals)) if vals else math.nan
         floor = BAND_FLOOR * abs(centre) if vals else 0.0
-        k = band_factor(len(vals))
+        k = band_factor(len(vals), confidence, sides)
         mean, margin, _ = spread_margin(vals, k=k, floor=floor)
         sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-        rule = (f"max({BAND_CONFIDENCE:.1%} prediction interval of one more draw from {len(vals)} random draws = "
-                f"{k:.3g} sd = {k * sd:.3g}, {BAND_FLOOR:.0%} of their mean = {floor:.3g})")
+        kind = "prediction interval" if sides == 2 else "one-sided prediction bound"
+        rule = (f"max({confidence:.1%} {kind} of one more draw from {len(vals)} draws = {k:.3g} sd = {k * sd:.3g}, "
+                f"{BAND_FLOOR:.0%} of their mean = {floor:.3g})")
         return cls(mean=mean, sd=sd, margin=float(margin), rule=rule, draws=len(vals))
 
     def position(self, value: float, better: Literal["lower", "higher"] = "lower") -> Position:

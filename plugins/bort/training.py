@@ -130,6 +130,8 @@ def run_job(job: Any, echo: Callable[[str], None]) -> RetrainResult:
     o = job.opts
     if job.fmt_in != "pt2":
         job.module.eval()
+    for p in job.module.parameters():  # models are often saved frozen (requires_grad False): train them all
+        p.requires_grad_(p.is_floating_point())
     names = constrained_names(job.module, o)
     rows_before, sum_before, audits_before = audit_module(job.module, names)
     if not rows_before:
@@ -138,8 +140,6 @@ def run_job(job: Any, echo: Callable[[str], None]) -> RetrainResult:
         raise ModelLoadError(f"{job.parent_uri} has no Linear/Conv weights, so Bort has nothing to constrain")
     Xv, yv = job.val_tensors()
     before = scores(job.module, Xv, yv, job.task) if len(job.val_idx) else np.array([])
-    for p in job.module.parameters():
-        p.requires_grad_(p.is_floating_point())
     opt = build_optimizer(job.module, o)
     if o.experiment:
         mlflow.set_experiment(o.experiment)
