@@ -79,6 +79,12 @@ class Evidence:
         return out
 
 
+def module_device(module: Any) -> torch.device:
+    """Where the module's weights live (inputs are moved there; results come back to the CPU)."""
+    first = next(iter(module.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def _mean(values: Sequence[float]) -> float:
     vals = [v for v in values if np.isfinite(v)]
     return float(np.mean(vals)) if vals else float("nan")
@@ -104,6 +110,7 @@ def layer_reconstruction(module: Any, x: torch.Tensor) -> list[dict[str, Any]]:
 @torch.no_grad()
 def trace(module: Any, x: torch.Tensor, layer: str | None) -> Trace:
     """Per-layer reconstruction, then (chain models) the trace-back from every tap and from the saliency layer."""
+    x = x.to(module_device(module))
     tr = Trace(layer_rows=layer_reconstruction(module, x))
     probe = T.record(module, x[: min(2, len(x))])
     if probe.problem is not None:
@@ -131,14 +138,16 @@ def saliency_maps(x_traced: torch.Tensor) -> np.ndarray:
     sal = pos.sum(1) if pos.ndim >= 3 else pos
     flat = sal.reshape(len(sal), -1)
     mx = flat.max(1).values.reshape(-1, *([1] * (sal.ndim - 1)))
-    return torch.where(mx > 0, sal / mx.clamp_min(1e-30), torch.zeros_like(sal)).detach().double().numpy()
+    return torch.where(mx > 0, sal / mx.clamp_min(1e-30), torch.zeros_like(sal)).detach().double().cpu().numpy()
 
 
 def forward_fn(module: Any) -> Callable[[np.ndarray], np.ndarray]:
     """numpy in, numpy scores out, without gradients."""
+    device = module_device(module)
+
     def forward(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(np.ascontiguousarray(batch))).double().numpy()
+            return module(torch.from_numpy(np.ascontiguousarray(batch)).to(device)).double().cpu().numpy()
 
     return forward
 
@@ -162,7 +171,7 @@ def gather_evidence(module: Any, X: np.ndarray, *, label: str, image: bool, sett
         return ev
     sal = saliency_maps(ev.trace.traced)
     ev.saliency = sal[: settings.n_show]  # float64: exactly the ranking that was scored
-    ev.reconstruction = ev.trace.traced[: settings.n_show].numpy().astype(np.float32)
+    ev.reconstruction = ev.trace.traced[: settings.n_show].cpu().numpy().astype(np.float32)
     k = min(settings.deletion_samples, len(X))
     ev.scores = score_saliency(forward_fn(module), X[:k], sal[:k], baseline, settings.deletion_steps, seed)
     ev.deletion_samples = k

@@ -1201,3 +1201,24 @@ def test_gpu_ada_and_bf16_weights():
     opt = BortSGD([wb], lr=0.1, gamma=1.0)
     zero_loss_steps(opt, [wb], 300)
     assert gram_dev(wb.float()) < 0.1  # bf16 storage limits the precision, the float32 correction still converges
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_method_matches_the_cpu_figures(digits_pair, tmp_path):
+    """The audit and the reconstruction evidence of a model living on the GPU give the CPU's figures."""
+    import copy
+
+    from governance.host.runtimes.torch_model import TorchModel
+
+    _base, bort, ds = digits_pair
+    figures = []
+    for device in ("cpu", "cuda"):
+        model = TorchModel.from_module(copy.deepcopy(bort), (1, 8, 8), name="digits-bort", device=device)
+        model.info.tags["governance.bort.optimizer"] = "BortAdamW"
+        figures.append(_explain(model, ds, tmp_path / device, {"n_samples": 32}).metrics)
+    cpu, gpu = figures
+    assert set(cpu) == set(gpu)
+    for key in ("d_orth_constrained_mean", "d_orth_classifier", "traced_rel_error", "layer_rel_error_mean"):
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-4, abs=1e-5), key
+    assert gpu["deletion_auc"] == pytest.approx(cpu["deletion_auc"], abs=0.02)
