@@ -68,6 +68,8 @@ def _ratio(a: float, b: float) -> str:
     if not (math.isfinite(a) and math.isfinite(b)) or a <= 0 or b <= 0:
         return "compared"
     r = b / a
+    if 0.9 <= r <= 1 / 0.9:
+        return f"about as far from bounded-orthogonal (ratio {r:.3g})"
     return f"{r:.3g}x closer to bounded-orthogonal" if r >= 1 else f"{1 / r:.3g}x further from bounded-orthogonal"
 
 

@@ -72,6 +72,8 @@ def run_evidence(exp: Explanation, ctx: Any, cfg: Any, X: np.ndarray, recon: dic
                               "saliency_layer": ev.trace.saliency_layer, **ev.metrics} for ev in evidences]})
     if not main.trace.chain:
         recon["traceback_unavailable"] = main.trace.chain_reason
+    for skipped in recon.get("peers_skipped", []):
+        exp.warnings.append(f"Peer {skipped['label']} has no reconstruction evidence: {skipped['reason']}.")
     _record(exp, main, controls, recon)
     _tables(exp, evidences, X)
     exp.findings += _findings(exp, evidences)

@@ -36,6 +36,8 @@ def control_words(draws: int) -> str:
 def _group_words(audit: Any) -> str:
     n, k = len(audit.audits), len(audit.split.constrained)
     if audit.split.classifier is None or audit.split.classifier in audit.split.constrained:
+        if n == 1:
+            return "the only layer"
         return f"all {n} layers" if k == n else f"{k} of {n} layers"
     if k == 1:
         return "the layer Bort constrains by default (every Linear/Conv weight but the last linear layer)"
@@ -137,14 +139,16 @@ def _shared_labelled(ctx: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
     return sub.X, sub.y
 
 
-def _correct(model: Any, X: np.ndarray | None, y: np.ndarray | None) -> np.ndarray | None:
+def _correct(model: Any, X: np.ndarray | None, y: np.ndarray | None, warnings: list[str]) -> np.ndarray | None:
     from governance_plugins.bort.compare import correctness
 
     if X is None:
         return None
     try:
         return correctness(model, model.check_input(X), y)
-    except Exception:  # data that does not fit a version: its accuracy is not compared (said in the finding)
+    except Exception as exc:  # data that does not fit a version: its accuracy is not compared, and we say why
+        warnings.append(f"Accuracy of {model.info.display_name} not measured: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0]}")
         return None
 
 
@@ -155,7 +159,7 @@ def peer_comparison(exp: Explanation, ctx: Any, audit: Any, audit_fn: Callable[[
 
     X, y = _shared_labelled(ctx)
     ours = VersionFigures(ctx.model.info.display_name, dict(ctx.model.info.tags or {}), audit.summary,
-                          _correct(ctx.model, X, y))
+                          _correct(ctx.model, X, y, exp.warnings) if ctx.peers else None)
     peers: list[Peer] = []
     for model in ctx.peers:
         peer = Peer(model.info.display_name)
@@ -163,10 +167,12 @@ def peer_comparison(exp: Explanation, ctx: Any, audit: Any, audit_fn: Callable[[
             theirs = audit_fn(model)
         except Exception as exc:  # a peer that cannot be audited is reported, not fatal
             peer.error = f"{type(exc).__name__}: {exc}"
+            exp.warnings.append(f"Peer {peer.label} could not be audited ({peer.error}), so it is not compared.")
             peers.append(peer)
             continue
         peer.rows, peer.matched_by = comparison_rows(audit.audits, theirs.audits, peer.label)
-        peer.figures = VersionFigures(peer.label, dict(model.info.tags or {}), theirs.summary, _correct(model, X, y))
+        peer.figures = VersionFigures(peer.label, dict(model.info.tags or {}), theirs.summary,
+                                      _correct(model, X, y, exp.warnings))
         peers.append(peer)
         if not peer.rows:
             exp.warnings.append(f"Peer {peer.label}: no layer matched by name or by shape order, so its layers are "

@@ -32,7 +32,7 @@ class BortConfig(MethodConfig):
     amplitude: float = Field(1.0, gt=0)
     #: a layer is within the bound when every squared row norm (column norm, tall weights) is within (1 ± t)·c
     row_tolerance: float = Field(0.1, ge=0, lt=1)
-    #: random weight sets of the same shapes (seeds) forming the reference and its tolerance band
+    #: random weight sets of the same shapes (seeds) forming the reference and its band (small models: at least 50)
     reference_draws: int = Field(10, ge=3, le=100)
     #: "near bounded-orthogonal": below the band of the random reference and at most this share of its mean
     near_fraction: float = Field(0.5, gt=0, lt=1)

@@ -45,8 +45,10 @@ MIN_DRAWS = 5
 FIGURES = ("d_orth_constrained_mean", "d_abs_constrained_mean", "d_orth_mean", "fraction_within_bounds_constrained")
 #: small layers, whose D_orth varies most from seed to seed, get this many draws for their own band ...
 LAYER_DRAWS = 50
-#: ... when one draw costs at most this many multiply-adds (m * n * min(m, n))
+#: ... when one draw costs at most this many multiply-adds (m * n * min(m, n)); a whole model this cheap gets
+#: ``LAYER_DRAWS`` full draws (for its summary figures too)
 CHEAP_LAYER = 2_000_000
+CHEAP_MODEL = 20_000_000
 
 
 def band_factor(n: int, confidence: float = BAND_CONFIDENCE, sides: int = 2) -> float:
@@ -132,9 +134,12 @@ class RandomReference:
     @classmethod
     def build(cls, layers: Sequence[LayerWeight], split: Split, *, seed: int, draws: int, amplitude: float,
               row_tolerance: float) -> "RandomReference":
-        """Up to ``draws`` random weight sets (at least ``MIN_DRAWS``): drawing stops early once the band of every
-        summary figure is set by its floor (its spread term is below half the floor), which is where large models,
-        whose D_orth hardly varies between seeds, end. Float32 Gram matrices: ample for random weights."""
+        """Up to ``draws`` random weight sets (``LAYER_DRAWS`` for a cheap model; at least ``MIN_DRAWS``): drawing
+        stops early once the band of every summary figure is set by its floor (its spread term is below half the
+        floor), which is where large models, whose D_orth hardly varies between seeds, end. Float32 Gram matrices:
+        ample for random weights."""
+        if sum(_cost(layer) for layer in layers) <= CHEAP_MODEL:
+            draws = max(draws, LAYER_DRAWS)
         seeds = draw_seeds(seed, draws + 1)
         ref = cls(seeds=[], audits=[], split=split)
         for s in seeds[:-1]:
