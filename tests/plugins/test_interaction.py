@@ -487,7 +487,7 @@ def test_digits_cnn_versions_torch_and_onnx(digits_pair, tmp_path):
     cfg = dict(n_variables=5, n_samples=2, grid=(4, 4))
     res = InteractionMethod().explain(_ctx(as_loaded(new, (1, 8, 8), name="digits-v2"), ds, tmp_path,
                                            [as_loaded(old, (1, 8, 8), name="digits-v1")], **cfg))
-    assert res.status == "ok" and not res.warnings
+    assert res.status == "ok" and all(w.startswith("The optimum is not unique") for w in res.warnings)
     m = res.metrics
     assert m["n_models"] == 2 and m["n_variables"] == 5 and m["n_samples"] == 2
     assert m["universal_matching_error"] <= 1e-8 and m["exact_fraction"] == 1.0
@@ -622,8 +622,8 @@ def test_solver_choice_follows_the_verified_spec():
     from governance_plugins.interaction.solvers import choose
 
     assert choose("auto", 10, 2) == "lp" and choose("auto", 10, 3) == "lp"
-    assert choose("auto", 11, 2) == "smooth_lbfgs" and choose("auto", 10, 4) == "smooth_lbfgs"
-    assert choose("auto", 12, 1) == "lp" and choose("auto", 13, 1) == "smooth_lbfgs"
+    assert choose("auto", 11, 2) == "pdhg" and choose("auto", 10, 4) == "pdhg"
+    assert choose("auto", 12, 1) == "lp" and choose("auto", 13, 1) == "pdhg"
     assert choose("lbfgs", 5, 2) == "smooth_lbfgs" and choose("sgd", 5, 2) == "reference"
     with pytest.raises(ValueError):
         choose("adam", 5, 2)
@@ -636,7 +636,8 @@ def test_inexact_solver_through_the_method_reports_its_gap(tmp_path):
     f, g = _F.modules()
     data = Dataset(X=np.ones((1, 7), np.float32), feature_names=[f"x{i}" for i in range(7)])
     res = InteractionMethod().explain(_ctx(as_loaded(f, (7,), name="f"), data, tmp_path,
-                                           [as_loaded(g, (7,), name="g")], **{**O16_CONFIG, "solver": "lbfgs"}))
+                                           [as_loaded(g, (7,), name="g")], **{**O16_CONFIG, "solver": "lbfgs",
+                                                                                  "lbfgs_time_limit_s": 60}))
     joint = res.tables["solver"][0]
     assert joint["solver"] == "smooth_lbfgs" and not joint["exact"]
     assert 8.65 - 1e-9 <= joint["loss"] < joint["loss_gamma0"]
