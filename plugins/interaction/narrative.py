@@ -20,8 +20,8 @@ def solver_warnings(records: list[Any]) -> list[str]:
     inexact = [j for j in joints if not j.exact]
     if inexact:
         gaps = [j.gap for j in inexact if j.gap is not None]
-        text = (f"The joint problem was solved by '{inexact[0].solver}', which stopped before its target in "
-                f"{len(inexact)} of {len(joints)} sample(s): mean loss {np.mean([j.loss for j in inexact]):.4g} vs "
+        text = (f"The joint problem was solved by '{inexact[0].solver}', which is not exact here: no certified "
+                f"optimum in {len(inexact)} of {len(joints)} sample(s); mean loss {np.mean([j.loss for j in inexact]):.4g} vs "
                 f"{np.mean([j.loss_gamma0 for j in inexact]):.4g} at the 50/50 split")
         if gaps:
             text += (f", up to {100 * float(np.max(gaps)):.1f} % above the certified lower bound (the best of the "

@@ -319,6 +319,7 @@ def summarize(records: list[SampleRecord], model_labels: list[str], opts: Summar
                   orders={key: val / len(records) for key, val in acc.orders.items()})
     if out.curves:
         out.details["curves"] = out.curves
+    out.details["orders"] = {key: val.tolist() for key, val in out.orders.items()}  # (m, n+1) per-sample means
     out.set_sizes = {"salient": [nanmean(s) for s in acc.salient_sizes],
                      "shared": [nanmean(acc.values.get("shared_count", []))] * m}
     out.per_sample = {key: list(vals) for key, vals in acc.values.items()}
