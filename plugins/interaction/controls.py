@@ -7,8 +7,9 @@
   design, so a sharing figure means something only above this level).
 * **Trivial split** (sparsity): the salient patterns of the 50/50 split γ = 0 with no error term, which is what
   a solver that never moves reports.
-* **Random patterns** (faithfulness): the matching error against v when as many patterns as the salient set are
-  drawn at random among the non-zero ones, instead of the strongest ones.
+* **Trivial split** (faithfulness): the matching error against v of the trivial split's own salient patterns. The
+  extraction is worth its cost only if its salient summary is sparser *and* rebuilds v better than the split
+  that needs no optimisation.
 * **Re-solve** (canonical optimum): the same joint problem with its variables relabelled is a different LP
   instance for HiGHS; when the optimum is not unique it may land on another vertex. The largest change of a
   merged interaction after mapping back, and the agreement of the salient sets, say how canonical the reported
@@ -57,27 +58,12 @@ def permuted_peer_extractions(vs: list[np.ndarray], tau_gamma: np.ndarray, optio
     return extract_all(out, tau_gamma, joint_only(options))
 
 
-def trivial_split_salient(v: np.ndarray, ratio: float) -> float:
-    """Salient AND/OR patterns of the 50/50 split (γ = 0, no error term) of one model's v, after merging."""
+def trivial_split_figures(v: np.ndarray, ratio: float) -> tuple[float, float]:
+    """(salient patterns, mean salient-only matching error against v) of the 50/50 split (γ = 0, no error
+    term) of one model's v, after merging: what the headline figures would be without the optimisation."""
     a, o = merge_singletons(*and_or_interactions(v, np.zeros_like(v)))
     sal = salient_masks(a, o, ratio)
-    return float(sal[0].sum() + sal[1].sum())
-
-
-def random_pattern_error(v: np.ndarray, i_and: np.ndarray, i_or: np.ndarray, count: int,
-                         rng: np.random.Generator, draws: int = 5) -> list[float]:
-    """Mean matching error against v when ``count`` patterns are drawn at random among the non-zero ones."""
-    pool = [("and", k) for k in np.flatnonzero(np.abs(i_and) > 0) if k] + \
-           [("or", k) for k in np.flatnonzero(np.abs(i_or) > 0) if k]
-    out = []
-    for _ in range(draws):
-        pick = rng.choice(len(pool), size=min(count, len(pool)), replace=False) if pool else []
-        keep_and, keep_or = np.zeros(len(v), bool), np.zeros(len(v), bool)
-        for p in pick:
-            op, k = pool[int(p)]
-            (keep_and if op == "and" else keep_or)[k] = True
-        out.append(matching_error(v, i_and, i_or, keep_and, keep_or)[1])
-    return out
+    return float(sal[0].sum() + sal[1].sum()), matching_error(v, a, o, sal[0], sal[1])[1]
 
 
 @dataclass

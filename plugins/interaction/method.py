@@ -56,7 +56,7 @@ class InteractionConfig(MethodConfig):
     pdhg_time_limit_s: float = Field(60.0, gt=0, description="PDHG time limit per batch of problems")
     lbfgs_time_limit_s: float = Field(120.0, gt=0, description="smoothed L-BFGS-B time limit per problem")
     time_budget_s: float = Field(900.0, gt=0, description="refuse a run whose estimated time exceeds this")
-    control_draws: int = Field(2, ge=0, le=50, description="joint re-solves with randomly relabelled peer "
+    control_draws: int = Field(3, ge=0, le=50, description="joint re-solves with randomly relabelled peer "
                                 "variables: the control of the sharing figures (0 = no control)")
     stability_check: bool = Field(True, description="re-solve the first sample with relabelled variables and "
                                   "report how much the optimum moves (non-unique optima)")
@@ -271,7 +271,6 @@ def _solve(ctx: MethodContext, cfg: InteractionConfig, run: _Run, pick: Any, var
     """The joint and per-model extractions of every sample, then the controls and the re-solve check."""
     from governance_plugins.interaction import controls as ctl
     from governance_plugins.interaction.extract import extract_all
-    from governance_plugins.interaction.metrics import salient_masks
     from governance_plugins.interaction.narrative import ControlData
     from governance_plugins.interaction.summarize import SampleRecord, sharing_figures
 
@@ -290,12 +289,8 @@ def _solve(ctx: MethodContext, cfg: InteractionConfig, run: _Run, pick: Any, var
         ctx.progress(0.8, "control: peers with relabelled variables")
         again = [shifted[k % len(exts)] for k in range(cfg.control_draws)]
         sharing = sharing_figures(ctl.permuted_peer_extractions(again, tau_gamma, options, rng), cfg.salient_ratio)
-    random_error: list[float] = []
-    for e in exts:
-        count = int(sum(mask.sum() for mask in salient_masks(e.and_joint[0], e.or_joint[0], cfg.salient_ratio)))
-        random_error += ctl.random_pattern_error(e.v[0], e.and_joint[0], e.or_joint[0], count, rng)
-    data = ControlData(sharing=sharing, trivial_salient=[ctl.trivial_split_salient(e.v[0], cfg.salient_ratio)
-                                                          for e in exts], random_error=random_error)
+    trivial = [ctl.trivial_split_figures(e.v[0], cfg.salient_ratio) for e in exts]
+    data = ControlData(sharing=sharing, trivial_salient=[t[0] for t in trivial], trivial_error=[t[1] for t in trivial])
     stability = None
     if cfg.stability_check and run.m > 1 and exts[0].joint.exact and exts[0].joint.solver == "lp":
         stability = ctl.resolve_stability(exts[0], tau_gamma, options, cfg.salient_ratio, rng)

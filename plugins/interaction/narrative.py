@@ -43,8 +43,8 @@ class ControlData:
     """Control measurements for the headline figures (see :mod:`.controls`)."""
 
     sharing: dict[str, list[float]] | None  # permuted-peer draws of shared_fraction, s_and, s_or
-    trivial_salient: list[float]  # per sample
-    random_error: list[float]  # draws of the random-pattern matching error
+    trivial_salient: list[float]  # per sample: salient patterns of the trivial split
+    trivial_error: list[float]  # per sample: its salient-only matching error against v
 
 
 def add_controls(exp: Explanation, data: ControlData) -> None:
@@ -52,7 +52,7 @@ def add_controls(exp: Explanation, data: ControlData) -> None:
     if data.sharing is not None:
         for metric, label in (("shared_fraction", "shared fraction"), ("s_and", "s AND"), ("s_or", "s OR")):
             draws = [x for x in data.sharing[metric] if np.isfinite(x)]
-            mean, margin, rule = spread_margin(draws, k=2.0, floor=0.05)
+            mean, margin, rule = _mean_margin(draws, floor=0.05)
             if metric in exp.metrics and np.isfinite(exp.metrics[metric]):
                 exp.add_control(metric, mean, key="permuted_peer", better="higher", margin=margin,
                                 margin_rule=rule, draws=len(draws), label=label,
@@ -65,10 +65,19 @@ def add_controls(exp: Explanation, data: ControlData) -> None:
                     margin=max(1.0, 0.1 * trivial), margin_rule="max(1 pattern, 10 % of the control)",
                     label="salient patterns per sample", draws=len(data.trivial_salient),
                     control="the salient patterns of the trivial 50/50 AND/OR split (γ = 0, no error term)")
-    mean, margin, rule = spread_margin(data.random_error, k=2.0, floor=0.0)
-    exp.add_control("salient_matching_error_mean", mean, key="random_patterns", better="lower", margin=margin,
-                    margin_rule=rule, draws=len(data.random_error), label="salient-only matching error vs v",
-                    control="the same number of patterns drawn at random among the non-zero interactions")
+    error = float(np.mean(data.trivial_error))
+    exp.add_control("salient_matching_error_mean", error, key="trivial_split", better="lower",
+                    margin=0.1 * error, margin_rule="10 % of the control", draws=len(data.trivial_error),
+                    label="salient-only matching error vs v",
+                    control="the salient-only matching error of the trivial 50/50 split's own salient patterns")
+
+
+def _mean_margin(draws: list[float], floor: float) -> tuple[float, float, str]:
+    """Control mean and margin: 2 standard errors of the control mean over its draws, at least ``floor``."""
+    mean, margin, _ = spread_margin(draws, k=2.0 / np.sqrt(max(len(draws), 1)), floor=floor)
+    return mean, margin, (f"max(2 x standard error of the control mean over {len(draws)} draw(s) "
+                          f"= {2 * np.std(draws, ddof=1) / np.sqrt(len(draws)) if len(draws) > 1 else 0:.3g}, "
+                          f"floor {floor:g})")
 
 
 def control_findings(exp: Explanation) -> list[str]:

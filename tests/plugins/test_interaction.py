@@ -876,3 +876,86 @@ def test_opposite_signs_are_not_shared():
     assert summary.metrics["sign_flipped_count"] == 1.0
     assert [p["pattern"] for p in summary.details["sign_flipped"]] == ["AND(x0, x1)"]
     assert summary.curves["joint_and"][0] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ budget, warnings, controls
+def test_run_time_estimate_refuses_above_the_budget_and_names_the_ways_out(tmp_path):
+    from governance.testing.models import as_loaded, tabular_mlp
+    from governance_plugins.interaction.method import InteractionMethod
+
+    data = Dataset(X=np.random.default_rng(0).normal(size=(6, 30)).astype(np.float32))
+    a, b = as_loaded(tabular_mlp(), (30,), name="a"), as_loaded(tabular_mlp(), (30,), name="b")
+    with pytest.raises(MethodError) as err:
+        InteractionMethod().explain(_ctx(a, data, tmp_path, [b], n_variables=12, n_samples=2, target="predicted",
+                                         time_budget_s=60))
+    text = str(err.value) + " " + err.value.hint
+    assert "n = 12" in text and "above the time budget of 60 s" in text
+    assert "n_variables" in text and "solver='pdhg'" in text and "time_budget_s" in text
+    # the same run fits once n is lowered as the hint says
+    ok = InteractionMethod().explain(_ctx(a, data, tmp_path, [b], n_variables=6, n_samples=2, target="predicted",
+                                          time_budget_s=60, control_draws=0))
+    assert ok.details["time"]["estimate"]["total"] <= 60 and ok.metrics["estimated_seconds"] > 0
+
+
+def test_solver_time_limits_and_inexact_answers_reach_the_warnings(tmp_path):
+    from governance.testing.models import as_loaded
+    from governance_plugins.interaction.method import InteractionMethod
+
+    f, g = _F.modules()
+    data = Dataset(X=np.ones((1, 7), np.float32), feature_names=[f"x{i}" for i in range(7)])
+    models = (as_loaded(f, (7,), name="f"), [as_loaded(g, (7,), name="g")])
+    lbfgs = InteractionMethod().explain(_ctx(*models[:1], data, tmp_path, models[1], **{
+        **O16_CONFIG, "solver": "lbfgs", "lbfgs_time_limit_s": 1e-4, "control_draws": 0}))
+    assert any("Solver note (smooth_lbfgs): time limit reached" in w for w in lbfgs.warnings)
+    pdhg = InteractionMethod().explain(_ctx(*models[:1], data, tmp_path, models[1], **{
+        **O16_CONFIG, "solver": "pdhg", "pdhg_time_limit_s": 0.05, "control_draws": 0}))
+    assert any("Solver note (pdhg)" in w and "not reached" in w for w in pdhg.warnings)
+    assert any("not exact" in w and "certified lower bound" in w for w in pdhg.warnings)
+    assert "approximate solution" in pdhg.summary and "exact LP optimum" not in pdhg.summary
+    row = pdhg.tables["solver"][0]
+    assert row["lower_bound"] <= 8.65 + 1e-9 <= row["loss"] and row["iterations"] > 0
+
+
+def test_controls_beside_the_headline_figures(tmp_path):
+    from governance.report.sections import render_method_section
+    from governance.testing.models import as_loaded
+    from governance_plugins.interaction.method import InteractionMethod
+
+    f, g = _F.modules()
+    data = Dataset(X=np.ones((1, 7), np.float32), feature_names=[f"x{i}" for i in range(7)])
+    res = InteractionMethod().explain(_ctx(as_loaded(f, (7,), name="f"), data, tmp_path,
+                                           [as_loaded(g, (7,), name="g")], **{**O16_CONFIG, "control_draws": 3}))
+    by_metric = {c.metric: c for c in res.controls}
+    assert set(by_metric) == {"shared_fraction", "s_and", "s_or", "salient_count", "salient_matching_error_mean"}
+    # trivial split of f: every AND/OR entry of the 50/50 split, salient ones counted by hand
+    a0, o0 = T.merge_singletons(*T.and_or_interactions(res.arrays["v"][0, 0] - res.arrays["v"][0, 0, 0],
+                                                       np.zeros(128)))
+    sal = _brute_salient(a0, o0)
+    assert by_metric["salient_count"].control_value == pytest.approx(sal[0].sum() + sal[1].sum())
+    assert by_metric["salient_count"].value == 3 and by_metric["salient_count"].informative
+    assert by_metric["shared_fraction"].draws == 3 and by_metric["shared_fraction"].better == "higher"
+    assert 0.0 <= by_metric["shared_fraction"].control_value < 2 / 3
+    html = render_method_section(InteractionMethod, res.to_dict(), {k: f"{k}.png" for k in res.figures})
+    assert "control" in html and ("not informative" in html or "informative" in html)
+    assert "exactly" not in html.replace("exact only", "")
+
+
+def test_randomly_initialised_versions_are_not_informative(digits_pair, tmp_path):
+    import torch
+
+    from governance.testing.models import as_loaded, digits_cnn
+    from governance_plugins.interaction.method import InteractionMethod
+
+    _, _, ds = digits_pair
+    torch.manual_seed(5)
+    r1 = digits_cnn().eval()
+    torch.manual_seed(6)
+    r2 = digits_cnn().eval()
+    cfg = dict(n_variables=5, n_samples=3, grid=(4, 4), control_draws=4, target="predicted", correct_only=False)
+    res = InteractionMethod().explain(_ctx(as_loaded(r1, (1, 8, 8), name="rand-v2"), ds, tmp_path,
+                                           [as_loaded(r2, (1, 8, 8), name="rand-v1")], **cfg))
+    verdicts = res.verdicts()
+    assert verdicts["shared_fraction"] == "not informative" and verdicts["s_and"] == "not informative"
+    assert verdicts["salient_count"] == "not informative"  # no sparser than the trivial split
+    assert "[not informative]" in res.summary
+    assert any(f.startswith("shared fraction") and "NOT informative" in f for f in res.findings)
