@@ -959,3 +959,42 @@ def test_randomly_initialised_versions_are_not_informative(digits_pair, tmp_path
     assert verdicts["salient_count"] == "not informative"  # no sparser than the trivial split
     assert "[not informative]" in res.summary
     assert any(f.startswith("shared fraction") and "NOT informative" in f for f in res.findings)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device")
+def test_gpu_pdhg_on_cuda_matches_highs_and_cpu():
+    from governance_plugins.interaction.solver_pdhg import PDHGSettings, solve_pdhg
+
+    problems = [o10_problem(), _random_problem(np.random.default_rng(1), 5, 2)]
+    gpu = solve_pdhg(problems, PDHGSettings(tol=1e-5, time_limit=60, device="cuda"))
+    cpu = solve_pdhg(problems, PDHGSettings(tol=1e-5, time_limit=60, device="cpu"))
+    for problem, g, c in zip(problems, gpu, cpu):
+        exact = solve_lp(problem).loss
+        assert g.exact and g.lower_bound <= exact + 1e-9 and g.loss == pytest.approx(exact, rel=2e-5)
+        assert g.loss == pytest.approx(c.loss, rel=1e-6)
+
+
+def test_docs_page_names_real_keys_with_their_defaults():
+    import re
+    from pathlib import Path
+
+    from governance_plugins.interaction.method import InteractionConfig
+    from governance_plugins.interaction.solvers import LP_MAX_M_JOINT, LP_MAX_N_JOINT, LP_MAX_N_SINGLE
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "interaction.md").read_text()
+    fields = InteractionConfig.model_fields
+    for key in set(re.findall(r"`(?:interaction\.)?([a-z_]+_(?:s|mb|tol|ratio|draws|check))`", text)):
+        assert key in fields, key
+    defaults = {"time_budget_s": 900, "pdhg_tol": 1e-6, "pdhg_time_limit_s": 60, "control_draws": 3,
+                "error_ratio": 0.02, "stability_check": True}
+    for key, value in defaults.items():
+        assert fields[key].default == value, key
+    assert (LP_MAX_N_JOINT, LP_MAX_M_JOINT, LP_MAX_N_SINGLE) == (10, 3, 12)
+    assert "n ≤ 10 and at most 3 models" in text and "n ≤ 12" in text
