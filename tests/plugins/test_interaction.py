@@ -701,7 +701,7 @@ def test_pdhg_reaches_the_highs_optimum_on_oracles_and_random_problems():
     fixtures = [o10_problem(), Problem(V1[None], [np.inf], [0.0]), Problem(np.stack([V1, V1]), [1.25, 1.25], [0, 0]),
                 Problem(V1[None], [np.inf], [0.02 * abs(V1[-1] - V1[0])])]
     for problem, expected in zip(fixtures, (6.58, 4.5, 5.4, 4.4)):
-        sol = solve_pdhg([problem], PDHGSettings(tol=1e-5, time_limit=60))[0]
+        sol = solve_pdhg([problem], PDHGSettings(tol=1e-5, time_limit=1e9, max_iter=60_000))[0]
         assert sol.exact and sol.gap <= 1e-5
         assert sol.lower_bound <= expected + 1e-9 <= sol.loss + 2e-9
         assert sol.loss == pytest.approx(expected, rel=1.5e-5)
@@ -709,7 +709,7 @@ def test_pdhg_reaches_the_highs_optimum_on_oracles_and_random_problems():
     rng = np.random.default_rng(11)
     for n, m, bounded in ((4, 2, True), (4, 3, True), (4, 2, False), (5, 1, True)):
         batch = [_random_problem(rng, n, m, bounded) for _ in range(2)]
-        sols = solve_pdhg(batch, PDHGSettings(tol=1e-4, time_limit=60))
+        sols = solve_pdhg(batch, PDHGSettings(tol=1e-4, time_limit=1e9, max_iter=60_000))
         for problem, sol in zip(batch, sols):
             exact = solve_lp(problem).loss
             assert sol.exact and sol.lower_bound <= exact + 1e-7 * exact <= sol.loss + 1e-6 * exact
@@ -973,8 +973,8 @@ def test_gpu_pdhg_on_cuda_matches_highs_and_cpu():
     from governance_plugins.interaction.solver_pdhg import PDHGSettings, solve_pdhg
 
     problems = [o10_problem(), _random_problem(np.random.default_rng(1), 5, 2)]
-    gpu = solve_pdhg(problems, PDHGSettings(tol=1e-5, time_limit=60, device="cuda"))
-    cpu = solve_pdhg(problems, PDHGSettings(tol=1e-5, time_limit=60, device="cpu"))
+    gpu = solve_pdhg(problems, PDHGSettings(tol=1e-5, time_limit=1e9, max_iter=60_000, device="cuda"))
+    cpu = solve_pdhg(problems, PDHGSettings(tol=1e-5, time_limit=1e9, max_iter=60_000, device="cpu"))
     for problem, g, c in zip(problems, gpu, cpu):
         exact = solve_lp(problem).loss
         assert g.exact and g.lower_bound <= exact + 1e-9 and g.loss == pytest.approx(exact, rel=2e-5)
