@@ -325,7 +325,7 @@ def _stability_notes(stability: Any, metrics: dict[str, float]) -> list[str]:
 def _assemble(ctx: MethodContext, cfg: InteractionConfig, run: _Run, summary: Any, solved: _Solved,
               extra: dict[str, Any]) -> Explanation:
     from governance_plugins.interaction.narrative import (
-        add_controls, control_findings, pattern_findings, solver_warnings, summary_text)
+        add_controls, control_findings, pattern_findings, solved_text, solver_warnings, summary_text)
     from governance_plugins.interaction.selection import target_rule
 
     records, plan = solved.records, extra["plan"]
@@ -358,6 +358,5 @@ def _assemble(ctx: MethodContext, cfg: InteractionConfig, run: _Run, summary: An
                       run.labels), tables=summary.tables, details=details, warnings=warnings)
     add_controls(exp, solved.controls)
     exp.findings = control_findings(exp) + pattern_findings(summary.details, run.labels)
-    exact_all = all(r.ext.joint.exact for r in records) and all(t.exact for r in records for t in r.ext.traditional)
-    exp.summary = summary_text(exp, run.labels, exact_all, cfg.error_ratio)
+    exp.summary = summary_text(exp, run.labels, solved_text(records), cfg.error_ratio)
     return exp

@@ -105,10 +105,20 @@ def pattern_findings(details: dict[str, Any], labels: list[str]) -> list[str]:
     return out
 
 
-def summary_text(exp: Explanation, labels: list[str], exact_all: bool, error_ratio: float) -> str:
+def solved_text(records: list[Any]) -> str:
+    """How good the answer is, in words that hold: exact, certified within a gap, or approximate."""
+    sols = [r.ext.joint for r in records] + [t for r in records for t in r.ext.traditional]
+    if all(s.exact and s.solver == "lp" for s in sols):
+        return "exact LP optimum"
+    if all(s.exact for s in sols):
+        worst = max((s.gap or 0.0) for s in sols)
+        return f"optimum certified within a relative gap of {worst:.1e}"
+    return "approximate solution (see the warnings)"
+
+
+def summary_text(exp: Explanation, labels: list[str], solved: str, error_ratio: float) -> str:
     mt, verdicts = exp.metrics, exp.verdicts()
     tag = lambda key: "" if key not in verdicts else f" [{verdicts[key]}]"  # noqa: E731
-    solved = "exact LP optimum" if exact_all else "approximate solution (see the warnings)"
     faithful = (f"the salient patterns alone rebuild v within {mt['salient_matching_error_mean']:.3g} on average "
                 f"(max {mt['salient_matching_error_max']:.3g}; v spans ±{mt['output_range']:.3g})"
                 f"{tag('salient_matching_error_mean')}, all patterns within {mt['matching_error_max']:.3g}"
