@@ -1,5 +1,10 @@
 """Benchmark of the ``interaction`` method.
 
+0. Solvers (issue 19 targets): the joint problem (K = 2 models, error term on, γ̂-ratio 0.5) of real breast-cancer
+   MLP outputs (log-odds, the n features farthest from the mean of each sample), solved by the first-order PDHG
+   solver (torch, batched over the samples) and by the generic HiGHS interior-point LP of the same problems in the
+   same run (the peer). Targets: n = 10 certified relative gap ≤ 1e-6 in ≤ 1 s per sample; n = 12 ≤ 1 % in ≤ 10 s;
+   n = 14 ≤ 1 % in ≤ 2 min; the same optimum as HiGHS where HiGHS finishes. The table says which are met.
 1. Masked-input throughput: all 2ⁿ masked inputs of one sample built, evaluated and turned into v, as a ratio
    of the same model's plain batched forward throughput on as many real samples, measured in the same run
    (interleaved repetitions, medians). Target: ratio ≥ 0.9.
@@ -7,8 +12,9 @@
    and one peer), for n = 10 and n = 12, on the digits CNN and on a ResNet-18-shaped network (ONNX Runtime),
    split into masked-input evaluation and extraction (solver chosen by ``solver="auto"``).
 
-    python benchmarks/bench_interaction.py            # full run (ResNet at 3x224x224 for throughput)
-    python benchmarks/bench_interaction.py --quick    # < 60 s variant (small n, small images, one run)
+    python benchmarks/bench_interaction.py            # quick: solvers at n = 8, 10 + the quick tables below
+    python benchmarks/bench_interaction.py --full     # solver targets at n = 10, 12, 14 and the full tables
+                                                      # (ResNet at 3x224x224 for throughput; tens of minutes)
 """
 
 from __future__ import annotations
@@ -130,9 +136,79 @@ def end_to_end(model, peer, ds, n: int, n_samples: int, workdir: Path, solver: s
             "joint_s": (res.metrics["s_and"] + res.metrics["s_or"]) / 2}
 
 
+def _solver_problems(n: int, samples: int):
+    """Joint problems of two breast-cancer MLPs (seeds 0 and 1) on ``samples`` samples, n features each."""
+    import torch
+
+    from governance.testing.models import breast_cancer_dataset, trained_breast_cancer_mlp
+    from governance_plugins.interaction.extract import ExtractOptions, joint_problem
+    from governance_plugins.interaction.variables import VariableSet, evaluate_masked, output_value
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    nets = [trained_breast_cancer_mlp(seed=s)[0] for s in (0, 1)]
+    torch.set_num_threads(threads)
+    ds = breast_cancer_dataset()
+    base = ds.X.mean(axis=0)
+    predicts = [lambda z, net=net: net(torch.from_numpy(z)).detach().numpy() for net in nets]
+    vs = []
+    for row in range(samples):
+        x, t = ds.X[row], int(ds.y[row])
+        feats = np.argsort(-np.abs(x - base), kind="stable")[:n]
+        labels = VariableSet([str(f) for f in feats], [np.array([f]) for f in feats], list(feats), "bench").labels(30)
+        with torch.no_grad():
+            v = evaluate_masked(predicts, x, base.astype(np.float32), labels, n,
+                                [lambda o, t=t: output_value(o, t)] * 2, 1 << n)
+        vs.append(v - v[:, :1])
+    tau = 0.5 * np.mean([np.abs(v[:, -1]) for v in vs], axis=0)
+    return [joint_problem(v, tau, ExtractOptions()) for v in vs]
+
+
+SOLVER_TARGETS = {10: (1e-6, 1.0), 12: (1e-2, 10.0), 14: (1e-2, 120.0)}  # n: (certified gap, seconds / sample)
+
+
+def solver_table(ns: list[int], samples: int, highs_limit: float) -> list[str]:
+    """PDHG against HiGHS on the same problems; one row per n; returns the 'target met / not met' lines."""
+    from governance_plugins.interaction.solver_lp import LPFailed, solve_lp
+    from governance_plugins.interaction.solver_pdhg import PDHGSettings, solve_pdhg
+
+    print("\n## joint solver (K = 2): first-order PDHG vs HiGHS interior point, same problems, same run")
+    print(f"{'n':>3} {'PDHG s/smp':>10} {'PDHG loss':>11} {'certified':>11} {'gap':>9} {'HiGHS s/smp':>11} "
+          f"{'HiGHS loss':>11} {'|Δloss|/L*':>10} {'time ratio':>10}  target")
+    verdicts = []
+    for n in ns:
+        tol, seconds = SOLVER_TARGETS.get(n, (1e-6, 1.0))
+        problems = _solver_problems(n, samples)
+        sols = solve_pdhg(problems, PDHGSettings(tol=tol, time_limit=seconds * samples))
+        t_pdhg = sum(s.seconds for s in sols) / samples
+        highs, t_highs = [], 0.0
+        for p in problems:
+            t0 = time.perf_counter()
+            try:
+                highs.append(solve_lp(p, time_limit=highs_limit).loss)
+            except LPFailed:
+                highs.append(float("nan"))
+            t_highs += (time.perf_counter() - t0) / samples
+        gap = max(s.gap if s.gap is not None else float("inf") for s in sols)
+        diff = max(abs(s.loss - h) / h if np.isfinite(h) else float("nan") for s, h in zip(sols, highs))
+        met = gap <= tol and t_pdhg <= seconds
+        verdicts.append(f"n = {n}: certified gap <= {tol:g} in <= {seconds:g} s/sample: "
+                        f"{'met' if met else 'NOT met'} (gap {gap:.2e}, {t_pdhg:.1f} s/sample)")
+        done = [h for h in highs if np.isfinite(h)]
+        highs_txt = f"{np.mean(done):>11.6g}" if len(done) == len(highs) else f"{'no optimum':>11}"
+        print(f"{n:>3} {t_pdhg:>10.2f} {np.mean([s.loss for s in sols]):>11.6g} "
+              f"{np.mean([s.lower_bound for s in sols]):>11.6g} {gap:>9.2e} {t_highs:>11.2f} {highs_txt} "
+              f"{diff:>10.2e} {t_highs / max(t_pdhg, 1e-9):>10.2f}  {'met' if met else 'NOT met'}", flush=True)
+    return verdicts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="< 60 s: n = 6/7, 64x64 ResNet, one sample")
+    parser.add_argument("--quick", action="store_true", help="the default: solvers at n = 8, 10; small tables")
+    parser.add_argument("--full", action="store_true", help="solver targets at n = 10, 12, 14; full tables")
+    parser.add_argument("--solver-ns", type=int, nargs="+", default=None, help="n values of the solver table")
+    parser.add_argument("--solver-samples", type=int, default=None, help="samples per solver row")
+    parser.add_argument("--highs-limit", type=float, default=None, help="HiGHS time limit per problem (s)")
     parser.add_argument("--resnet-size", type=int, default=None, help="ResNet input side (default 224; quick 32)")
     parser.add_argument("--ns", type=int, nargs="+", default=None, help="n values end to end (default 10 12)")
     parser.add_argument("--throughput-n", type=int, default=None, help="n for the throughput table")
@@ -147,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ort-threads", type=int, default=1,
                         help="ONNX Runtime intra-op threads (default 1: steadier timings on a shared CPU; 0 = all)")
     args = parser.parse_args(argv)
+    args.quick = not args.full
     import os
 
     os.environ["GOVERNANCE_ORT_THREADS"] = str(args.ort_threads)
@@ -156,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench_interaction_"))
     print(f"# interaction benchmark ({'quick' if args.quick else 'full'}); ONNX Runtime threads "
           f"{args.ort_threads or 'all'}; workdir {workdir}", flush=True)
+    verdicts = solver_table(args.solver_ns or ([10, 12, 14] if args.full else [8, 10]),
+                            args.solver_samples or (2 if args.full else 1),
+                            args.highs_limit or (300.0 if args.full else 120.0))
     nets = _models(args, workdir)
 
     print("\n## masked-input evaluation vs plain batched forward (same model, same batch size, same run)")
@@ -169,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['ratio']:>6.2f} {r['ratio_best']:>6.2f} {100 * r['overhead_share']:>11.1f}%", flush=True)
 
     if args.skip_e2e:
+        _targets(verdicts)
         return 0
     print("\n## end to end, two model versions, seconds per sample")
     print(f"{'network':<28} {'runtime':<12} {'n':>3} {'s/sample':>9} {'eval s':>8} {'extract s':>9} "
@@ -198,7 +279,16 @@ def main(argv: list[str] | None = None) -> int:
           "build the masked inputs and compute v, as a share of the masked run. gap = relative gap of the joint "
           "loss to the certified lower bound (0 for the exact LP). s = mean transferability (AND, OR) of the "
           "joint (Eq. 6) and per-model (Eq. 4) extractions.")
+    _targets(verdicts)
     return 0
+
+
+def _targets(verdicts: list[str]) -> None:
+    print("\n## solver targets (issue 19)")
+    for line in verdicts:
+        print("  " + line)
+    print("gap = certified relative duality gap (primal - dual) / dual of the first-order solver; time ratio = "
+          "HiGHS seconds / PDHG seconds on the same problems (HiGHS exact; 'no optimum' = time limit reached).")
 
 
 if __name__ == "__main__":

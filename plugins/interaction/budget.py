@@ -66,3 +66,51 @@ def plan(n: int, m: int, n_samples: int, sample_bytes: int, solvers: dict[str, s
         )
     rows = int(min(size, max(MIN_CHUNK, min(budget_bytes - fixed, MAX_CHUNK_BYTES) // per_row)))
     return Plan(chunk_rows=rows, estimate_bytes=fixed + min(rows, size) * per_row, parts=parts)
+
+
+# ------------------------------------------------------------------------------------------ run time
+@dataclass
+class Workload:
+    """What one run will compute (for the run-time estimate made before anything expensive starts)."""
+
+    n: int
+    m: int
+    n_samples: int
+    seconds_per_row: float  # measured forward seconds of all models together per masked input
+    joint_seconds: float  # expected seconds of one joint problem (one single-model problem when m = 1)
+    single_seconds: float  # expected seconds of one per-model problem
+    traditional: bool
+    control_draws: int  # extra joint solves for the permuted-peer control
+    stability_resolves: int  # extra joint solves for the re-solve check
+
+
+def estimate_seconds(w: Workload) -> dict[str, float]:
+    """Expected seconds by part, and the total."""
+    forwards = w.n_samples * (1 << w.n) * w.seconds_per_row
+    if w.m == 1:
+        solves = w.n_samples * w.single_seconds
+        extra = 0.0
+    else:
+        solves = w.n_samples * (w.joint_seconds + (w.m * w.single_seconds if w.traditional else 0.0))
+        extra = (w.control_draws + w.stability_resolves) * w.joint_seconds
+    return {"forwards": forwards, "solves": solves, "controls": extra, "total": forwards + solves + extra}
+
+
+def check_time(w: Workload, budget_s: float, solver: str) -> dict[str, float]:
+    """The estimate, or MethodError naming how to reduce n or switch solver when it exceeds the budget."""
+    est = estimate_seconds(w)
+    if est["total"] <= budget_s:
+        return est
+    smaller = next((k for k in range(w.n - 1, 0, -1)
+                    if estimate_seconds(Workload(**{**w.__dict__, "n": k,
+                                                    "joint_seconds": w.joint_seconds / 5 ** (w.n - k),
+                                                    "single_seconds": w.single_seconds / 5 ** (w.n - k)}))["total"]
+                    <= budget_s), 1)
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in est.items() if k != "total")
+    raise MethodError(
+        f"the interaction run is estimated at {est['total']:.0f} s ({parts}) for n = {w.n} variables, {w.m} "
+        f"model(s) and {w.n_samples} sample(s) with solver '{solver}', above the time budget of {budget_s:.0f} s",
+        hint=f"lower n_variables (about {smaller} fits the budget; each variable multiplies the exact LP's time by "
+        "about 5), lower n_samples or control_draws, set solver='pdhg' with pdhg_time_limit_s (first-order, a "
+        "certified gap instead of the exact optimum), or raise interaction.time_budget_s",
+    )
