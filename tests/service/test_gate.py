@@ -101,6 +101,11 @@ def test_webhooks_record_each_move_once_with_its_job(gate, registry):
     status, doc = _deliver(receiver, "model_version_alias.created", moved)  # another delivery, same position
     assert status == 200 and doc["status"] == "gate"
     assert [m.to_version for m in gate.ledger.moves()] == ["3"] and gate.queue.counts()["queued"] == 1
+    onward = {"name": MODEL, "alias": "champion", "version": "4"}
+    assert _deliver(receiver, "model_version_alias.created", onward, delivery_id="d-2")[0] == 202
+    # a late retry of the first delivery is a duplicate, not a move back from 4 to 3
+    assert _deliver(receiver, "model_version_alias.created", moved, delivery_id="d-1")[1]["status"] == "duplicate"
+    assert [m.to_version for m in gate.ledger.moves()] == ["4", "3"] and gate.queue.counts()["queued"] == 2
     status, _ = _deliver(receiver, "model_version_alias.deleted", {"name": MODEL, "alias": "champion"})
     assert status == 200 and gate.ledger.position(gate.scope, MODEL, "champion") is None
     # an alias that is watched but not gated still gets its ordinary report job
