@@ -92,12 +92,14 @@ def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: st
     return _resolve(model_uri, tracking_uri=uri, download_dir=dst)
 
 
-def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None):
-    """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view."""
+def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None,
+         output: str | None = None, task: str | None = None):
+    """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view.
+    ``output`` names the graph output to explain, ``task`` overrides the detected task."""
     from governance.run.pipeline import load_model
 
     info = resolve(model_uri, tracking_uri=tracking_uri)
-    return load_model(info, device=device, batch_size=batch_size, host=_host())
+    return load_model(info, device=device, batch_size=batch_size, host=_host(), output=output, task=task)
 
 
 def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, policy: Any = None,

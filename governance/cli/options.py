@@ -5,7 +5,6 @@ that run no job)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Callable
 
 import click
@@ -15,6 +14,7 @@ _TYPES: dict[str, Any] = {
     "int>=0": click.IntRange(0),
     "int>=1": click.IntRange(1),
     "device": click.Choice(["auto", "cpu", "cuda"]),
+    "task": click.Choice(["auto", "classification", "regression"]),
 }
 #: options whose value names an existing file or folder (checked by click: exit code 2)
 _PATHS = {
@@ -108,6 +108,8 @@ def spec_from_cli(kwargs: dict[str, Any], command: str) -> Any:
 
 
 def echo_json(obj: Any) -> None:
+    import json
+
     from governance.contract.results import jsonable
 
     click.echo(json.dumps(jsonable(obj), indent=2))

@@ -17,8 +17,6 @@ What is hashed where:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -95,6 +93,13 @@ class RunSpec:
                                            "(default 512).", click={"type": "int>=1"}))
     batch_size: int | None = _opt(None, CliOption(("--batch-size",), "Rows per forward pass (default: the "
                                                   "runtime's).", click={"type": "int>=1"}))
+    output: str | None = _opt(None, CliOption(
+        ("--output",), "The model output to explain (default: chosen by name, type and shape, e.g. the "
+        "probabilities of a converted classifier rather than its label; see `governance inspect`).",
+        metavar="NAME"))
+    task: str | None = _opt(None, CliOption(
+        ("--task",), "classification or regression (default: detected; one float output is a regressor, so a "
+        "model with a single binary logit needs --task classification).", click={"type": "task"}))
     # --- where it is logged --------------------------------------------------------------------------------
     tracking_uri: str | None = _opt(None, CliOption(
         ("--tracking-uri",), "MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db].",
@@ -154,6 +159,10 @@ class RunSpec:
             raise ConfigError("method settings must map method names to settings",
                               hint="e.g. config={'neflag': {'n_samples': 8}}")
         object.__setattr__(self, "method_config", {str(k): dict(v) for k, v in self.method_config.items()})
+        if self.task == "auto":
+            object.__setattr__(self, "task", None)
+        if self.task not in (None, "classification", "regression"):
+            raise ConfigError(f"unknown task {self.task!r}", hint="use classification or regression (or leave it out)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown device {self.device!r}", hint="use auto, cpu or cuda")
         for name, low in (("max_samples", 1), ("seed", None), ("max_peers", 0), ("batch_size", 1)):
@@ -233,6 +242,9 @@ class RunSpec:
             doc[name] = file_digest(getattr(self, name), name.replace("_", "-"))
         doc["method_config"] = self.method_config
         doc["template_dirs"] = dirs_digest(self.template_dirs)
+        import hashlib
+        import json
+
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -286,6 +298,8 @@ def read_method_settings_file(config_file: str | None) -> dict[str, dict[str, An
 
             doc = tomllib.loads(path.read_text())
         elif path.suffix == ".json":
+            import json
+
             doc = json.loads(path.read_text())
         else:
             import yaml
@@ -323,6 +337,8 @@ def file_digest(path: str | None, what: str) -> str | None:
     on every delivery and a data file may be large."""
     if not path:
         return None
+    import hashlib
+
     p = Path(path).expanduser()
     try:
         st = p.stat()
@@ -345,6 +361,8 @@ def dirs_digest(dirs: tuple[str, ...]) -> str | None:
     """One hash over every file in the template folders (relative path + content)."""
     if not dirs:
         return None
+    import hashlib
+
     h = hashlib.sha256()
     for d in dirs:
         root = Path(d).expanduser()

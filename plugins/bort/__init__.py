@@ -4,10 +4,10 @@ Public API (imported lazily: importing this package does not import torch)::
 
     from governance_plugins.bort import BortSGD, BortAdamW, with_bort, make_bort_param_groups
 
-    opt = BortAdamW(make_bort_param_groups(model, gamma=1e-2), lr=1e-3, weight_decay=0.0)
+    opt = BortAdamW(make_bort_param_groups(model, gamma=10.0), lr=1e-3, weight_decay=0.0)
 
 The ``bort`` method audits any registered model's weights; ``governance retrain MODEL_URI --optimizer bort``
-fine-tunes a registered torch model with Bort and registers the result as a new version.
+fine-tunes a registered torch model with Bort and registers the result as a new version (pt2 format).
 Reference: Zhang, Zheng, Zhou, Lu, *Bort: Towards Explainable Neural Networks with Bounded Orthogonal
 Constraint*, ICLR 2023 (arXiv:2212.09062).
 """

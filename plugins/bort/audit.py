@@ -5,7 +5,14 @@ Per layer with ``W`` (``m x n``, rows = output units), ``k = min(m, n)``, ``G`` 
 
 * ``D_orth = ||G/s - I||_F / sqrt(k)`` (scale-free: 0 for a scaled partial isometry),
 * ``D_abs = ||G - cI||_F / (c sqrt(k))`` (0 exactly at Bort's target amplitude ``c``),
-* ``kappa = sigma_max / sigma_min``, the row norms and ``R_c = 1/4 ||G - cI||_F^2``.
+* ``kappa = sigma_max / sigma_min``, the row norms and ``R_c = 1/4 ||G - cI||_F^2``,
+* boundedness, two-sided: every diagonal entry of ``G`` (the squared row norms of a wide weight, the squared
+  column norms of a tall one) within ``[(1 - t) c, (1 + t) c]``. A one-sided ``||w_i||^2 <= (1 + t) c`` would
+  pass every untrained layer (torch's default initialisation gives ``||w_i||^2 ~ 1/3``).
+
+Layers are split into the ones Bort constrains by default (every Linear/Conv weight except the last linear
+layer) and that last linear layer, the classifier, which Bort leaves free by default (spec B2.6): their
+figures are reported separately, so the free classifier never hides or fakes what the constraint did.
 
 Everything comes from one float64 Gram matrix and its eigenvalues (``eigvalsh``): about 30 times cheaper
 than singular values of the weights themselves.
@@ -42,7 +49,10 @@ class LayerAudit:
     row_norm_min: float
     row_norm_ratio: float
     row_dev_max: float  # max_i |‖w_i‖² − c| / c
-    within_bounds: bool
+    norm_sq_min: float  # smallest diagonal entry of G (row norms² if wide, column norms² if tall)
+    norm_sq_max: float
+    norm_dev_max: float  # max_i |G_ii − c| / c
+    within_bounds: bool  # norm_dev_max <= tolerance (two-sided)
     sigma2: np.ndarray  # eigenvalues of G, descending
 
     def row(self) -> dict[str, Any]:
@@ -53,9 +63,9 @@ class LayerAudit:
         return d
 
 
-def gram_eigenvalues(W: np.ndarray) -> np.ndarray:
-    """Eigenvalues (descending, >= 0) of the ``k x k`` Gram matrix of ``W`` in float64."""
-    W = np.asarray(W, dtype=np.float64)
+def gram_eigenvalues(W: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+    """Eigenvalues (descending, >= 0) of the ``k x k`` Gram matrix of ``W`` (float64 unless told otherwise)."""
+    W = np.asarray(W, dtype=dtype)
     m, n = W.shape
     G = W @ W.T if m <= n else W.T @ W
     lam = np.linalg.eigvalsh(G)[::-1]
@@ -63,15 +73,16 @@ def gram_eigenvalues(W: np.ndarray) -> np.ndarray:
 
 
 def audit_matrix(W: np.ndarray, *, name: str = "W", kind: str = "linear", shape: Sequence[int] | None = None,
-                 amplitude: float = 1.0, row_tolerance: float = 0.1) -> LayerAudit:
-    """Audit one ``m x n`` weight matrix (see the module docstring). ``row_tolerance``: a row is within the
-    bound when ``‖w_i‖² <= (1 + row_tolerance) c`` (an uncalibrated default, not from the paper)."""
+                 amplitude: float = 1.0, row_tolerance: float = 0.1, dtype: Any = np.float64) -> LayerAudit:
+    """Audit one ``m x n`` weight matrix (see the module docstring). ``row_tolerance`` t: the layer is within
+    the bound when every diagonal entry of its ``k x k`` Gram matrix lies in ``[(1 - t) c, (1 + t) c]`` (an
+    uncalibrated default, not from the paper)."""
     if amplitude <= 0:
         raise ValueError(f"amplitude must be positive, got {amplitude}")
-    W = np.asarray(W, dtype=np.float64)
+    W = np.asarray(W, dtype=dtype)
     m, n = W.shape
     k = min(m, n)
-    lam = gram_eigenvalues(W)
+    lam = gram_eigenvalues(W, dtype).astype(np.float64)
     c = float(amplitude)
     s = float(lam.mean())
     d_orth = float(np.sqrt(np.mean((lam / s - 1.0) ** 2))) if s > 0 else math.nan
@@ -80,12 +91,15 @@ def audit_matrix(W: np.ndarray, *, name: str = "W", kind: str = "linear", shape:
     kappa = math.sqrt(lmax / lmin) if lmin > RANK_TOL * lmax and lmax > 0 else math.inf
     row_sq = np.einsum("ij,ij->i", W, W)
     rmax, rmin = float(np.sqrt(row_sq.max())), float(np.sqrt(row_sq.min()))
+    unit_sq = row_sq if m <= n else np.einsum("ij,ij->j", W, W)  # diag(G): rows if wide, columns if tall
+    norm_dev = float(np.max(np.abs(unit_sq - c)) / c)
     return LayerAudit(
         name=name, kind=kind, shape=tuple(shape) if shape is not None else (m, n), m=m, n=n, n_params=m * n,
         d_orth=d_orth, d_abs=d_abs, kappa=kappa, penalty=float(0.25 * np.sum((lam - c) ** 2)), mean_sigma2=s,
         row_norm_max=rmax, row_norm_min=rmin, row_norm_ratio=rmax / rmin if rmin > 0 else math.inf,
-        row_dev_max=float(np.max(np.abs(row_sq - c)) / c),
-        within_bounds=bool(row_sq.max() <= (1.0 + row_tolerance) * c), sigma2=lam,
+        row_dev_max=float(np.max(np.abs(row_sq - c)) / c), norm_sq_min=float(unit_sq.min()),
+        norm_sq_max=float(unit_sq.max()), norm_dev_max=norm_dev, within_bounds=bool(norm_dev <= row_tolerance),
+        sigma2=lam,
     )
 
 
@@ -100,36 +114,66 @@ def audit_layers(layers: Sequence[LayerWeight], *, amplitude: float = 1.0, row_t
     return out
 
 
-def init_reference(layers: Sequence[LayerWeight], *, seed: int = 0, amplitude: float = 1.0) -> list[LayerAudit]:
-    """The same audit on fresh random weights of the same shapes, drawn like torch's default initialisation
-    of Linear/Conv layers (uniform with bound ``1/sqrt(fan_in)``): context for what "untrained" looks like.
-    ``D_orth`` and ``kappa`` do not depend on the bound; they depend on the shape (and, a little, the seed)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for layer in layers:
-        m, n = layer.matrix.shape
-        W = rng.uniform(-1.0, 1.0, size=(m, n)) / math.sqrt(n)
-        out.append(audit_matrix(W, name=layer.name, kind=layer.kind, shape=layer.shape, amplitude=amplitude))
-    return out
+def classifier_index(audits: Sequence[LayerAudit]) -> int | None:
+    """Position of the layer Bort leaves free by default: the last linear layer, when there is another layer
+    before it (the rule of ``make_bort_param_groups``); None otherwise."""
+    if len(audits) < 2:
+        return None
+    linear = [i for i, a in enumerate(audits) if a.kind == "linear"]
+    return linear[-1] if linear else None
 
 
-def summarize(audits: Sequence[LayerAudit]) -> dict[str, float]:
-    """Parameter-count-weighted means and worst layers (spec B6.1 aggregation). ``d_orth_hidden_mean`` leaves
-    out the last layer (usually the classifier, which Bort training leaves unconstrained by default)."""
+@dataclass(frozen=True)
+class Split:
+    """Which audited layers Bort constrains by default and which one is the free classifier."""
+
+    constrained: tuple[int, ...]
+    classifier: int | None
+
+    @classmethod
+    def of(cls, audits: Sequence[LayerAudit], classifier_constrained: bool = False) -> "Split":
+        cls_i = classifier_index(audits)
+        keep = tuple(i for i in range(len(audits)) if classifier_constrained or i != cls_i)
+        return cls(constrained=keep, classifier=cls_i)
+
+
+def _weighted(values: Sequence[float], weights: Sequence[float]) -> float:
+    v, w = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    ok = np.isfinite(v)
+    return float(np.average(v[ok], weights=w[ok])) if ok.any() else math.nan
+
+
+def group_summary(audits: Sequence[LayerAudit]) -> dict[str, float]:
+    """Parameter-weighted mean D_orth and D_abs, the worst boundedness deviation and the share of layers within
+    the two-sided bound, for one group of layers."""
     if not audits:
         return {}
-    w = np.array([a.n_params for a in audits], dtype=np.float64)
+    w = [a.n_params for a in audits]
+    return {
+        "d_orth_mean": _weighted([a.d_orth for a in audits], w),
+        "d_abs_mean": _weighted([a.d_abs for a in audits], w),
+        "norm_dev_max": float(max(a.norm_dev_max for a in audits)),
+        "fraction_within_bounds": float(np.mean([a.within_bounds for a in audits])),
+        "n_layers": float(len(audits)),
+    }
+
+
+def summarize(audits: Sequence[LayerAudit], split: Split | None = None) -> dict[str, float]:
+    """Parameter-count-weighted means and worst layers over all layers (spec B6.1 aggregation), then the same
+    figures for the layers Bort constrains (``*_constrained*``) and for the free classifier (``*_classifier``)."""
+    if not audits:
+        return {}
+    split = split or Split.of(audits)
     d_orth = np.array([a.d_orth for a in audits])
     d_abs = np.array([a.d_abs for a in audits])
     kappa = np.array([a.kappa for a in audits])
     finite_k = kappa[np.isfinite(kappa)]
-    ok = np.isfinite(d_orth)
-    return {
+    out = {
         "n_layers": float(len(audits)),
-        "n_params": float(w.sum()),
-        "d_orth_mean": float(np.average(d_orth[ok], weights=w[ok])) if ok.any() else math.nan,
-        "d_orth_max": float(np.nanmax(d_orth)) if ok.any() else math.nan,
-        "d_abs_mean": float(np.average(d_abs, weights=w)),
+        "n_params": float(sum(a.n_params for a in audits)),
+        "d_orth_mean": _weighted(d_orth, [a.n_params for a in audits]),
+        "d_orth_max": float(np.nanmax(d_orth)) if np.isfinite(d_orth).any() else math.nan,
+        "d_abs_mean": _weighted(d_abs, [a.n_params for a in audits]),
         "d_abs_max": float(d_abs.max()),
         "kappa_median": float(np.median(finite_k)) if finite_k.size else math.nan,
         "kappa_max": float(finite_k.max()) if finite_k.size else math.nan,
@@ -137,15 +181,45 @@ def summarize(audits: Sequence[LayerAudit]) -> dict[str, float]:
         "fraction_within_bounds": float(np.mean([a.within_bounds for a in audits])),
         "row_norm_ratio_max": float(max(a.row_norm_ratio for a in audits)),
         "penalty_total": float(sum(a.penalty for a in audits)),
-        **({"d_orth_hidden_mean": _weighted(audits[:-1])} if len(audits) > 1 else {}),
     }
+    con = group_summary([audits[i] for i in split.constrained])
+    if con:
+        out.update({"d_orth_constrained_mean": con["d_orth_mean"], "d_abs_constrained_mean": con["d_abs_mean"],
+                    "norm_dev_constrained_max": con["norm_dev_max"],
+                    "fraction_within_bounds_constrained": con["fraction_within_bounds"],
+                    "n_constrained_layers": con["n_layers"]})
+    if split.classifier is not None:
+        c = audits[split.classifier]
+        out.update({"d_orth_classifier": c.d_orth, "d_abs_classifier": c.d_abs, "kappa_classifier": c.kappa})
+    return out
 
 
-def _weighted(audits: Sequence[LayerAudit]) -> float:
-    ok = [a for a in audits if math.isfinite(a.d_orth)]
-    if not ok:
-        return math.nan
-    return float(np.average([a.d_orth for a in ok], weights=[a.n_params for a in ok]))
+@dataclass
+class ModelAudit:
+    """The audit of one model: its layers, their audits, where the layer kinds came from, what was skipped, and
+    which layers Bort constrains."""
+
+    layers: list[LayerWeight]
+    audits: list[LayerAudit]
+    roles_from: str
+    skipped: list[dict[str, Any]]
+    split: Split
+
+    @property
+    def summary(self) -> dict[str, float]:
+        return summarize(self.audits, self.split)
+
+
+def audit_model(model: Any, *, amplitude: float = 1.0, row_tolerance: float = 0.1, classifier_constrained: bool = False,
+                progress: Any = None) -> ModelAudit:
+    """Audit every Linear/Conv weight of a LoadedModel (torch or ONNX)."""
+    from governance_plugins.bort.layers import extract_layers, model_roles
+
+    roles, source = model_roles(model)
+    layers, skipped = extract_layers(model.parameters(), roles or None)
+    audits = audit_layers(layers, amplitude=amplitude, row_tolerance=row_tolerance, progress=progress)
+    return ModelAudit(layers, audits, source if roles else "tensor shapes", skipped,
+                      Split.of(audits, classifier_constrained))
 
 
 def worst_layer(audits: Sequence[LayerAudit]) -> LayerAudit | None:

@@ -17,9 +17,12 @@ def _short(name: str, width: int = 28) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
-def deviation_figure(audits: Sequence[LayerAudit], init: Sequence[LayerAudit] | None,
-                     peers: Sequence[tuple[str, dict[str, float]]] = (), max_layers: int = 48) -> Any:
-    """Horizontal bars of D_orth per layer (model order, top to bottom), random-init and peer markers."""
+def deviation_figure(audits: Sequence[LayerAudit], reference: Sequence[Any] | None,
+                     peers: Sequence[tuple[str, dict[str, float]]] = (), max_layers: int = 48,
+                     classifier: int | None = None) -> Any:
+    """Horizontal bars of D_orth per layer (model order, top to bottom); the random reference of each layer as a
+    tick with its tolerance band (``reference``: one :class:`~governance_plugins.bort.reference.Band` per layer);
+    peer markers; the free classifier's label in italics."""
     plt = pyplot()
     idx = list(range(len(audits)))
     note = ""
@@ -32,15 +35,16 @@ def deviation_figure(audits: Sequence[LayerAudit], init: Sequence[LayerAudit] | 
     vals = np.array([audits[i].d_orth for i in idx])
     colors = ["#1b9e77" if audits[i].within_bounds else "#a6761d" for i in idx]
     ax.barh(y, np.nan_to_num(vals), color=colors, height=0.6, label="this model")
-    if init is not None:
-        ax.scatter([init[i].d_orth for i in idx], y, marker="|", s=140, color="black", zorder=3,
-                   label="random init, same shapes")
+    if reference is not None:
+        ax.errorbar([reference[i].mean for i in idx], y, xerr=[reference[i].margin for i in idx], fmt="|", ms=12,
+                    color="black", elinewidth=0.8, capsize=2, zorder=3,
+                    label="random weights of the same shapes ± tolerance band")
     for (label, by_name), color in zip(peers, _PEER_COLORS):
         xs = [by_name.get(audits[i].name, np.nan) for i in idx]
         if np.isfinite(xs).any():
             ax.scatter(xs, y, marker="o", s=18, color=color, zorder=4, label=label)
     ax.set_yticks(y)
-    ax.set_yticklabels([_short(audits[i].name) for i in idx], fontsize=7)
+    ax.set_yticklabels([_short(audits[i].name) + (" (free)" if i == classifier else "") for i in idx], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("D_orth = ‖G/s − I‖_F / √k   (0 = orthogonal rows up to scale)")
     ax.set_title("Distance from bounded-orthogonal per layer" + note)
@@ -86,18 +90,24 @@ def spectra_figure(audits: Sequence[LayerAudit]) -> Any:
     return fig
 
 
-def traceback_figure(evidences: Sequence[Any]) -> Any:
-    """Left: relative trace-back error per tapped layer. Right: deletion and insertion curves."""
+def traceback_figure(evidences: Sequence[Any], random_error: float | None = None) -> Any:
+    """Left: relative trace-back error per tapped layer (a cross: the same trace-back through random weights).
+    Right: deletion and insertion curves (target-class probability)."""
     plt = pyplot()
-    has_auc = any("deletion_curve" in ev.auc for ev in evidences)
+    has_auc = any(ev.scores is not None for ev in evidences)
     fig, axes = plt.subplots(1, 2 if has_auc else 1, figsize=(6.3, 3.0), squeeze=False)
     ax = axes[0, 0]
     ticks: dict[int, str] = {}
     for ev, color in zip(evidences, ("#1b9e77",) + _PEER_COLORS):
-        if ev.tap_rows:
-            ax.plot([r["depth"] for r in ev.tap_rows], [r["rel_error"] for r in ev.tap_rows], "o-", color=color,
-                    label=ev.label, ms=3)
-            ticks.update({r["depth"]: f"{_short(str(r['tap']), 12)}\n{r['module']}" for r in ev.tap_rows})
+        rows = ev.trace.tap_rows
+        if rows:
+            ax.plot([r["depth"] for r in rows], [r["rel_error"] for r in rows], "o-", color=color, label=ev.label, ms=3)
+            ticks.update({r["depth"]: f"{_short(str(r['tap']), 12)}\n{r['module']}" for r in rows})
+    first = evidences[0] if evidences else None
+    if random_error is not None and first is not None and first.trace.tap_rows:
+        depth = next((r["depth"] for r in first.trace.tap_rows if r["tap"] == first.trace.saliency_layer),
+                     first.trace.tap_rows[-1]["depth"])
+        ax.scatter([depth], [random_error], marker="x", color="black", zorder=4, label="random weights (control)")
     if ticks and len(ticks) <= 10:
         ax.set_xticks(sorted(ticks))
         ax.set_xticklabels([ticks[k] for k in sorted(ticks)], fontsize=7)
@@ -108,12 +118,12 @@ def traceback_figure(evidences: Sequence[Any]) -> Any:
     if has_auc:
         ax = axes[0, 1]
         for ev, color in zip(evidences, ("#1b9e77",) + _PEER_COLORS):
-            if "deletion_curve" in ev.auc:
-                f = ev.auc["fractions"]
-                ax.plot(f, ev.auc["deletion_curve"], color=color, label=f"{ev.label}: deletion")
-                ax.plot(f, ev.auc["insertion_curve"], color=color, ls="--", label=f"{ev.label}: insertion")
-        ax.set_xlabel("fraction of pixels deleted / inserted")
-        ax.set_ylabel("normalised class score")
+            if ev.scores is not None:
+                f = ev.scores.fractions
+                ax.plot(f, ev.scores.deletion.mean(0), color=color, label=f"{ev.label}: deletion")
+                ax.plot(f, ev.scores.insertion.mean(0), color=color, ls="--", label=f"{ev.label}: insertion")
+        ax.set_xlabel("share of pixels deleted / inserted")
+        ax.set_ylabel("predicted-class probability")
         ax.set_title("Saliency: deletion / insertion")
         ax.legend(fontsize=6, frameon=False)
     return fig
@@ -141,5 +151,5 @@ def saliency_figure(X: np.ndarray, evidences: Sequence[Any]) -> Any:
                 spine.set_visible(False)
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
-    fig.suptitle(f"Backtracking from '{first.saliency_layer}' (positive part, per-image max = 1)", fontsize=9)
+    fig.suptitle(f"Backtracking from '{first.trace.saliency_layer}' (positive part, per-image max = 1)", fontsize=9)
     return fig

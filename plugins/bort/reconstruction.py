@@ -1,251 +1,135 @@
-"""Reconstruction ("trace back") and backtracking saliency of spec B3, for torch ``nn.Module`` models.
+"""Reconstruction and backtracking-saliency evidence of spec B3, each figure measured beside its control.
 
-A Bort layer is (nearly) invertible by its transpose, so hidden activations can be traced back to the
-input layer by layer (B3.1):
+* One-step reconstruction of every Linear/Conv layer on its real inputs, ``‖x - W^T D W x‖/‖x‖`` (B6.1): works for
+  any model structure.
+* Whole-network trace-back (B3.1, :mod:`~governance_plugins.bort.tracing`) from every hidden activation, for
+  models whose forward pass is a chain: the relative error and cosine of the reconstructed input.
+* Backtracking saliency (B3.2): the positive part of one layer's traced-back activations, summed over channels,
+  normalised by its maximum; scored by the deletion/insertion game of :func:`governance.quality.deletion_insertion`
+  (one implementation and one normalisation for every method: the target-class probability, AUC over the share
+  of pixels moved to the data's baseline).
 
-* Linear / Conv: ``x = W^T diag(1/‖w_i‖²) (z - b)`` per output location, folded back (overlap-add) and
-  divided by the overlap count, when ``W`` is wide (``m <= n``; the authors' conv rule, and their linear
-  rule ``W^T (z - b)`` when rows have unit norm). For a tall ``W`` (``m > n``) we use ``W^T (z - b) / s``
-  with ``s`` the mean squared singular value, the exact inverse of a scaled isometry (our choice: the
-  row-norm rule is not exact for tall Bort weights);
-* ReLU-like activations, dropout: identity; max/avg pooling: nearest-neighbour up-sampling;
-  BatchNorm (eval): its affine map inverted; Flatten: reshape.
-
-Backtracking saliency (B3.2) is the positive part of the traced-back activations of one layer, summed
-over channels and normalised by its maximum. Its quality is measured by deletion/insertion AUC (B3.3,
-the authors' benchmark protocol) against a random pixel order. The quantitative reconstruction check
-(relative error and cosine per tapped layer) is the spec's proposal, not a number from the paper.
-
-Only models whose forward pass is a chain of modules (each consuming the previous one's output) can be
-traced back whole; residual networks cannot. The one-step reconstruction error of each Linear/Conv layer
-on its real inputs (B6.1) works for every ``nn.Module``.
+Controls (:func:`control_evidence`): the same trace-back on copies of the model with random weights (the same
+architecture, untrained; several seeds), and, for the saliency, random pixel orders and the saliency traced
+through the random copies, both scored on the real model.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.CELU, nn.SELU, nn.Softplus, nn.Mish)
-_IDENTITY = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity) + _ACTIVATIONS
-_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-          nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_RESHAPES = (nn.Flatten, nn.Unflatten)
+from governance.quality import DeletionInsertion, deletion_insertion
+from governance_plugins.bort import tracing as T
 
 
-class NotInvertible(Exception):
-    """A module (or model structure) the trace-back rules do not cover."""
+@dataclass(frozen=True)
+class EvidenceSettings:
+    """What the evidence measures: the traced layer, the deletion/insertion game, how many samples are shown."""
+
+    layer: str | None = None
+    deletion_steps: int = 20
+    deletion_samples: int = 16
+    n_show: int = 6
 
 
 @dataclass
-class Step:
-    name: str
-    module: nn.Module
-    inp: torch.Tensor
-    out: torch.Tensor
+class Trace:
+    """The trace-back of one model on one batch."""
+
+    layer_rows: list[dict[str, Any]] = field(default_factory=list)
+    chain_reason: str | None = None
+    tap_rows: list[dict[str, Any]] = field(default_factory=list)
+    saliency_layer: str | None = None
+    traced: torch.Tensor | None = None  # the input reconstructed from the saliency layer
+    rel_error: float = float("nan")
+    cosine: float = float("nan")
+
+    @property
+    def chain(self) -> bool:
+        return self.traced is not None
+
+    @property
+    def layer_rel_error_mean(self) -> float:
+        vals = [r["rel_error"] for r in self.layer_rows if np.isfinite(r["rel_error"])]
+        return float(np.mean(vals)) if vals else float("nan")
 
 
-# --------------------------------------------------------------------------------------------- recording
-def record_steps(module: nn.Module, x: torch.Tensor) -> tuple[list[Step], torch.Tensor]:
-    """Run ``module(x)`` and record every leaf module call (name, module, input, output) in order."""
-    steps: list[Step] = []
-    handles = []
-    for name, mod in module.named_modules():
-        if list(mod.children()):
-            continue
+@dataclass
+class Evidence:
+    """Everything the reconstruction part of the audit found for one model."""
 
-        def hook(m, args, out, name=name):
-            inp = args[0] if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
-            steps.append(Step(name, m, inp, out if isinstance(out, torch.Tensor) else None))
+    label: str
+    trace: Trace
+    saliency: np.ndarray | None = None  # (n_show, *spatial)
+    reconstruction: np.ndarray | None = None  # (n_show, *sample_shape)
+    scores: DeletionInsertion | None = None
+    deletion_samples: int = 0
 
-        handles.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            out = module(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return steps, out
+    @property
+    def metrics(self) -> dict[str, float]:
+        out = {"layer_rel_error_mean": self.trace.layer_rel_error_mean}
+        if self.trace.chain:
+            out.update(traced_rel_error=self.trace.rel_error, traced_cosine=self.trace.cosine)
+        if self.scores is not None:
+            out.update(deletion_auc=self.scores.mean_deletion_auc, insertion_auc=self.scores.mean_insertion_auc)
+        return out
 
 
-def chain_problem(steps: Sequence[Step], x: torch.Tensor, out: Any) -> str | None:
-    """Why the recorded steps are not a simple chain ``x -> step_0 -> ... -> out``, or None if they are."""
-    if not steps:
-        return "the model has no sub-modules to trace back through"
-    if steps[0].inp is None or not (steps[0].inp is x or (steps[0].inp.shape == x.shape and torch.equal(steps[0].inp, x))):
-        return f"the first module '{steps[0].name}' does not take the model input directly"
-    seen = {steps[0].name}
-    for prev, cur in zip(steps, steps[1:]):
-        if cur.inp is None or cur.inp is not prev.out:
-            return (f"module '{cur.name}' does not take the output of '{prev.name}' (residual connections or "
-                    "functional operations in forward)")
-        if cur.name in seen:
-            return f"module '{cur.name}' is called more than once in the forward pass"
-        seen.add(cur.name)
-    if not isinstance(out, torch.Tensor) or not (out is steps[-1].out or torch.equal(out, steps[-1].out)):
-        return f"the model output is not the output of its last module '{steps[-1].name}'"
-    return None
+def module_device(module: Any) -> torch.device:
+    """Where the module's weights live (inputs are moved there; results come back to the CPU)."""
+    first = next(iter(module.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
-# --------------------------------------------------------------------------------------------- inverses
-def _fit_spatial(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Zero-pad or crop the trailing spatial dims of ``x`` to ``size``."""
-    nd = len(size)
-    pads: list[int] = []
-    for cur, want in zip(reversed(x.shape[-nd:]), reversed(list(size))):
-        pads += [0, max(0, want - cur)]
-    if any(pads):
-        x = F.pad(x, pads)
-    index = (Ellipsis,) + tuple(slice(0, s) for s in size)
-    return x[index]
+def _mean(values: Sequence[float]) -> float:
+    vals = [v for v in values if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
-def _row_scale(W: torch.Tensor) -> torch.Tensor:
-    """Per-row factors of the transpose inverse: ``1/‖w_i‖²`` (wide) or ``1/s`` for every row (tall)."""
-    Wm = W.detach().reshape(W.shape[0], -1)
-    m, n = Wm.shape
-    if m <= n:
-        sq = Wm.square().sum(1)
-        return torch.where(sq > 0, 1.0 / sq.clamp_min(1e-30), torch.zeros_like(sq))
-    s = Wm.square().sum() / n
-    return torch.full((m,), float(1.0 / s) if s > 0 else 0.0, dtype=W.dtype, device=W.device)
-
-
-def _conv_padding(mod: nn.Module) -> tuple[int, ...]:
-    nd = mod.weight.ndim - 2
-    if isinstance(mod.padding, str):
-        if mod.padding == "valid":
-            return (0,) * nd
-        return tuple(d * (k - 1) // 2 for d, k in zip(mod.dilation, mod.kernel_size))
-    return tuple(mod.padding)
-
-
-def invert_step(step: Step, z: torch.Tensor) -> torch.Tensor:
-    """Map ``z`` (shaped like ``step.out``) back to the shape of ``step.inp`` by the rules of B3.1."""
-    mod, shape = step.module, step.inp.shape
-    if isinstance(mod, _IDENTITY):
-        return z
-    if isinstance(mod, nn.Linear):
-        W = mod.weight
-        zc = z - mod.bias if mod.bias is not None else z
-        return (zc * _row_scale(W)) @ W
-    if isinstance(mod, _CONVS):
-        if getattr(mod, "padding_mode", "zeros") != "zeros":
-            raise NotInvertible(f"convolution '{step.name}' uses padding_mode={mod.padding_mode!r}")
-        nd = mod.weight.ndim - 2
-        W = mod.weight
-        zc = z - mod.bias.reshape(1, -1, *([1] * nd)) if mod.bias is not None else z
-        y = zc * _row_scale(W).reshape(1, -1, *([1] * nd))
-        tconv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
-        pad = _conv_padding(mod)
-        x = tconv(y, W, stride=mod.stride, padding=pad, groups=mod.groups, dilation=mod.dilation)
-        ones_k = torch.ones((1, 1, *mod.kernel_size), dtype=z.dtype, device=z.device)
-        count = tconv(torch.ones((1, 1, *z.shape[2:]), dtype=z.dtype, device=z.device), ones_k,
-                      stride=mod.stride, padding=pad, dilation=mod.dilation)
-        x, count = _fit_spatial(x, shape[2:]), _fit_spatial(count, shape[2:])
-        return torch.where(count > 0, x / count.clamp_min(1.0), torch.zeros_like(x))
-    if isinstance(mod, _POOLS):
-        return F.interpolate(z, size=tuple(shape[2:]), mode="nearest")
-    if isinstance(mod, _NORMS):
-        if mod.training or mod.running_var is None:
-            raise NotInvertible(f"batch norm '{step.name}' has no running statistics")
-        nd = z.ndim - 2
-        view = (1, -1) + (1,) * nd
-        std = (mod.running_var + mod.eps).sqrt().reshape(view)
-        mean = mod.running_mean.reshape(view)
-        if mod.affine:
-            g = mod.weight.reshape(view)
-            b = mod.bias.reshape(view)
-            safe = torch.where(g.abs() > 1e-12, g, torch.ones_like(g))
-            return torch.where(g.abs() > 1e-12, (z - b) / safe, torch.zeros_like(z)) * std + mean
-        return z * std + mean
-    if isinstance(mod, _RESHAPES):
-        return z.reshape(shape)
-    raise NotInvertible(f"no trace-back rule for {type(mod).__name__} ('{step.name}')")
-
-
-def traceback(steps: Sequence[Step], tap: int, z: torch.Tensor) -> torch.Tensor:
-    """Trace ``z`` (shaped like the output of ``steps[tap]``) back to the model input."""
-    for step in reversed(steps[: tap + 1]):
-        z = invert_step(step, z)
-    return z
-
-
-# --------------------------------------------------------------------------------------------- metrics
-def _per_sample(x: torch.Tensor, xh: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(relative error ‖x - x̂‖/‖x‖, cosine(x, x̂)) per sample; NaN where ‖x‖ = 0."""
-    a = x.detach().reshape(len(x), -1).double()
-    b = xh.detach().reshape(len(xh), -1).double()
-    na, nb = a.norm(dim=1), b.norm(dim=1)
-    rel = torch.where(na > 0, (a - b).norm(dim=1) / na.clamp_min(1e-300), torch.full_like(na, math.nan))
-    cos = torch.where((na > 0) & (nb > 0), (a * b).sum(1) / (na * nb).clamp_min(1e-300), torch.full_like(na, math.nan))
-    return rel.numpy(), cos.numpy()
-
-
-def layer_reconstruction(module: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
-    """One-step reconstruction error of every Linear/Conv layer on its real inputs (spec B6.1):
-    ``‖x - W^T D W x‖/‖x‖`` with the bias removed. Works for any module structure; computed inside hooks so
-    activations are not kept."""
+def layer_reconstruction(module: Any, x: torch.Tensor) -> list[dict[str, Any]]:
+    """One-step reconstruction error of every Linear/Conv layer on its real inputs (spec B6.1), bias removed."""
     rows: list[dict[str, Any]] = []
-    handles = []
-    for name, mod in module.named_modules():
-        if not isinstance(mod, (nn.Linear,) + _CONVS):
-            continue
 
-        def hook(m, args, out, name=name):
-            inp = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            if inp is None or not isinstance(out, torch.Tensor) or any(r["layer"] == name for r in rows):
-                return
-            try:
-                xh = invert_step(Step(name, m, inp, out), out)
-            except NotInvertible:
-                return
-            rel, cos = _per_sample(inp, xh)
-            rows.append({"layer": name, "kind": "linear" if isinstance(m, nn.Linear) else "conv",
-                         "rel_error": float(np.nanmean(rel)), "cosine": float(np.nanmean(cos))})
+    def visit(step: T.Step) -> None:
+        try:
+            xh = T.invert_step(step, step.out)
+        except T.NotInvertible:
+            return
+        rel, cos = T.relative_error(step.inp, xh)
+        rows.append({"layer": step.name, "kind": step.op.kind, "rel_error": _mean(rel), "cosine": _mean(cos)})
 
-        handles.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad():
+        T.weight_steps(module, x, visit)
     return rows
 
 
-def default_taps(steps: Sequence[Step]) -> list[int]:
-    """Chain positions to trace back from: every activation module's output, or, with functional activations,
-    every Linear/Conv output; the final classifier's output is not a tap."""
-    weights = [i for i, s in enumerate(steps) if isinstance(s.module, (nn.Linear,) + _CONVS)]
-    last_weight = weights[-1] if weights else len(steps)
-    taps = [i for i, s in enumerate(steps) if isinstance(s.module, _ACTIVATIONS) and i < last_weight]
-    if not taps:
-        taps = [i for i in weights if i < last_weight]
-    return taps
-
-
-def saliency_tap(steps: Sequence[Step], layer: str | None) -> int:
-    """The chain position whose activations are traced back for saliency: ``layer`` when given, else the
-    module just before the last Linear/Conv (the features the classifier reads)."""
-    names = [s.name for s in steps]
-    if layer is not None:
-        if layer not in names:
-            raise KeyError(layer)
-        return names.index(layer)
-    weights = [i for i, s in enumerate(steps) if isinstance(s.module, (nn.Linear,) + _CONVS)]
-    if not weights or weights[-1] == 0:
-        return max(len(steps) - 2, 0)
-    return weights[-1] - 1
+@torch.no_grad()
+def trace(module: Any, x: torch.Tensor, layer: str | None) -> Trace:
+    """Per-layer reconstruction, then (chain models) the trace-back from every tap and from the saliency layer."""
+    x = x.to(module_device(module))
+    tr = Trace(layer_rows=layer_reconstruction(module, x))
+    probe = T.record(module, x[: min(2, len(x))])
+    if probe.problem is not None:
+        tr.chain_reason = probe.problem
+        return tr
+    steps = T.record(module, x).steps
+    try:
+        for tap in T.default_taps(steps):
+            rel, cos = T.relative_error(x, T.traceback(steps, tap, steps[tap].out))
+            tr.tap_rows.append({"tap": steps[tap].name, "depth": tap + 1, "module": steps[tap].op.kind,
+                                "rel_error": _mean(rel), "cosine": _mean(cos)})
+        tap = T.saliency_tap(steps, layer)
+        traced = T.traceback(steps, tap, steps[tap].out)
+    except T.NotInvertible as exc:
+        tr.chain_reason, tr.tap_rows = str(exc), []
+        return tr
+    rel, cos = T.relative_error(x, traced)
+    tr.saliency_layer, tr.traced, tr.rel_error, tr.cosine = steps[tap].name, traced, _mean(rel), _mean(cos)
+    return tr
 
 
 def saliency_maps(x_traced: torch.Tensor) -> np.ndarray:
@@ -254,136 +138,83 @@ def saliency_maps(x_traced: torch.Tensor) -> np.ndarray:
     sal = pos.sum(1) if pos.ndim >= 3 else pos
     flat = sal.reshape(len(sal), -1)
     mx = flat.max(1).values.reshape(-1, *([1] * (sal.ndim - 1)))
-    return torch.where(mx > 0, sal / mx.clamp_min(1e-30), torch.zeros_like(sal)).detach().double().numpy()
+    return torch.where(mx > 0, sal / mx.clamp_min(1e-30), torch.zeros_like(sal)).detach().double().cpu().numpy()
 
 
-def _blur(X: np.ndarray, sigma: float, radius: int) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
+def forward_fn(module: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """numpy in, numpy scores out, without gradients."""
+    device = module_device(module)
 
-    out = np.empty_like(X)
-    for i in range(X.shape[0]):
-        for c in range(X.shape[1]):
-            out[i, c] = gaussian_filter(X[i, c], sigma=sigma, truncate=radius / sigma, mode="reflect")
-    return out
+    def forward(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(batch)).to(device)).double().cpu().numpy()
 
-
-def deletion_insertion(forward: Callable[[np.ndarray], np.ndarray], X: np.ndarray, saliency: np.ndarray, *,
-                       step: int, score: str = "softmax", blur_sigma: float = 5.0, blur_radius: int = 5,
-                       batch_size: int = 1024) -> dict[str, np.ndarray]:
-    """Deletion and insertion curves and AUCs (spec B3.3) for images ``X`` (n, C, H, W) ranked by ``saliency``
-    (n, H, W). Deletion sets the top pixels (all channels) to 0; insertion restores them into a blurred
-    copy; the score is the originally predicted class's softmax (or logit). AUC = mean of the curve after
-    dividing by its first (deletion) or last (insertion) value."""
-    n, C, H, Wd = X.shape
-    P = H * Wd
-    order = np.argsort(-saliency.reshape(n, P), axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    ranks[np.arange(n)[:, None], order] = np.arange(P)[None, :]
-    counts = list(range(0, P, step)) + [P]
-    blurred = _blur(X, blur_sigma, blur_radius)
-
-    def scores(batch: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        outs = [forward(batch[i: i + batch_size]) for i in range(0, len(batch), batch_size)]
-        logits = np.concatenate(outs).astype(np.float64)
-        if score == "softmax":
-            logits = np.exp(logits - logits.max(1, keepdims=True))
-            logits = logits / logits.sum(1, keepdims=True)
-        return logits[np.arange(len(batch)), classes]
-
-    pred = np.argmax(forward(X), axis=1)
-    dcurve = np.empty((n, len(counts)))
-    icurve = np.empty((n, len(counts)))
-    for t, k in enumerate(counts):  # one batch of all samples per step: memory stays O(n)
-        mask = (ranks < k).reshape(n, 1, H, Wd)
-        dcurve[:, t] = scores(np.where(mask, 0.0, X).astype(X.dtype), pred)
-        icurve[:, t] = scores(np.where(mask, X, blurred).astype(X.dtype), pred)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dnorm = dcurve / dcurve[:, :1]
-        inorm = icurve / icurve[:, -1:]
-    return {"deletion_auc": np.nanmean(dnorm, axis=1), "insertion_auc": np.nanmean(inorm, axis=1),
-            "deletion_curve": np.nanmean(dnorm, axis=0), "insertion_curve": np.nanmean(inorm, axis=0),
-            "fractions": np.array(counts, dtype=np.float64) / P}
+    return forward
 
 
-# --------------------------------------------------------------------------------------------- evidence
-@dataclass
-class Evidence:
-    """Everything the reconstruction part of the audit found for one model."""
-
-    label: str
-    layer_rows: list[dict[str, Any]] = field(default_factory=list)
-    chain: bool = False
-    chain_reason: str | None = None
-    tap_rows: list[dict[str, Any]] = field(default_factory=list)
-    saliency_layer: str | None = None
-    saliency: np.ndarray | None = None
-    reconstruction: np.ndarray | None = None
-    auc: dict[str, Any] = field(default_factory=dict)
+def score_saliency(forward: Callable[[np.ndarray], np.ndarray], X: np.ndarray, saliency: np.ndarray,
+                   baseline: np.ndarray | float, steps: int, seed: int) -> DeletionInsertion:
+    """Deletion/insertion of whole pixels (all channels) in the order of ``saliency`` (n, H, W), scored with the
+    probability of the class ``forward`` predicts for the intact image."""
+    target = np.argmax(forward(X), axis=1)
+    attributions = np.broadcast_to(saliency[:, None].astype(np.float64), X.shape)
+    return deletion_insertion(forward, X, attributions, baseline, target, steps=steps, channel_axis=0,
+                              outputs="auto", rng=np.random.default_rng(seed))
 
 
-def default_deletion_step(height: int, width: int) -> int:
-    """Pixels per deletion/insertion step as in the authors' benchmark: 10 for 28x28 and 32x32 images, 8 rows'
-    worth (224·8) for large images; at most 64 steps for small ones (1 pixel for 8x8)."""
-    n = height * width
-    if n <= 256:
-        return max(1, n // 64)
-    if n <= 1024:
-        return 10
-    return 8 * width
-
-
-@torch.no_grad()
-def gather_evidence(module: nn.Module, X: np.ndarray, *, label: str, image: bool, layer: str | None = None,
-                    score: str = "softmax", deletion_step: int | None = None, deletion_samples: int = 16, n_show: int = 6,
-                    rng: np.random.Generator | None = None, random_baseline: bool = True) -> Evidence:
-    """Per-layer reconstruction, trace-back from every tap, and (images) saliency with deletion/insertion."""
-    ev = Evidence(label=label)
+def gather_evidence(module: Any, X: np.ndarray, *, label: str, image: bool, settings: EvidenceSettings,
+                    baseline: np.ndarray | float = 0.0, seed: int = 0) -> Evidence:
+    """The trace-back of ``module`` on ``X`` and, for images, its saliency scored by deletion/insertion."""
     x = torch.from_numpy(np.ascontiguousarray(X))
-    ev.layer_rows = layer_reconstruction(module, x)
-    probe = x[: min(2, len(x))]
-    steps, out = record_steps(module, probe)
-    ev.chain_reason = chain_problem(steps, probe, out)
-    if ev.chain_reason is not None:
+    ev = Evidence(label=label, trace=trace(module, x, settings.layer))
+    if not ev.trace.chain or not (image and x.ndim == 4):
         return ev
-    steps, out = record_steps(module, x)
-    try:
-        for tap in default_taps(steps):
-            xh = traceback(steps, tap, steps[tap].out)
-            rel, cos = _per_sample(x, xh)
-            ev.tap_rows.append({"tap": steps[tap].name, "depth": tap + 1, "module": type(steps[tap].module).__name__,
-                                "rel_error": float(np.nanmean(rel)), "cosine": float(np.nanmean(cos))})
-        tap = saliency_tap(steps, layer)
-        traced = traceback(steps, tap, steps[tap].out)
-    except NotInvertible as exc:
-        ev.chain_reason = str(exc)
-        ev.tap_rows = []
-        return ev
-    ev.chain = True
-    ev.saliency_layer = steps[tap].name
-    rel, cos = _per_sample(x, traced)
-    ev.auc["traced_rel_error"] = float(np.nanmean(rel))
-    ev.auc["traced_cosine"] = float(np.nanmean(cos))
-    if image and x.ndim == 4:
-        sal = saliency_maps(traced)
-        ev.saliency = sal[:n_show].astype(np.float32)
-        ev.reconstruction = traced[:n_show].numpy().astype(np.float32)
-
-        def forward(batch: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return module(torch.from_numpy(np.ascontiguousarray(batch))).double().numpy()
-
-        H, W = x.shape[2:]
-        step = deletion_step or default_deletion_step(H, W)
-        Xd, sal = X[:deletion_samples], sal[:deletion_samples]  # 2 forward passes per step and sample
-        di = deletion_insertion(forward, Xd, sal, step=step, score=score)
-        ev.auc.update({"deletion_auc": float(np.nanmean(di["deletion_auc"])),
-                       "insertion_auc": float(np.nanmean(di["insertion_auc"])),
-                       "deletion_curve": di["deletion_curve"], "insertion_curve": di["insertion_curve"],
-                       "fractions": di["fractions"], "step": step, "deletion_samples": len(Xd)})
-        if random_baseline:
-            rng = rng or np.random.default_rng(0)
-            rand = rng.random(sal.shape)
-            dr = deletion_insertion(forward, Xd, rand, step=step, score=score)
-            ev.auc.update({"deletion_auc_random": float(np.nanmean(dr["deletion_auc"])),
-                           "insertion_auc_random": float(np.nanmean(dr["insertion_auc"]))})
+    sal = saliency_maps(ev.trace.traced)
+    ev.saliency = sal[: settings.n_show]  # float64: exactly the ranking that was scored
+    ev.reconstruction = ev.trace.traced[: settings.n_show].cpu().numpy().astype(np.float32)
+    k = min(settings.deletion_samples, len(X))
+    ev.scores = score_saliency(forward_fn(module), X[:k], sal[:k], baseline, settings.deletion_steps, seed)
+    ev.deletion_samples = k
     return ev
+
+
+@dataclass
+class ControlEvidence:
+    """The evidence figures of the controls, one value per draw."""
+
+    random_weights: dict[str, list[float]] = field(default_factory=dict)  # trace-back of untrained copies
+    random_order: dict[str, list[float]] = field(default_factory=dict)  # deletion/insertion of random rankings
+    seeds: list[int] = field(default_factory=list)
+
+    def add(self, group: dict[str, list[float]], metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            group.setdefault(key, []).append(float(value))
+
+
+def control_evidence(module: Any, X: np.ndarray, evidence: Evidence, *, seeds: Sequence[int],
+                     settings: EvidenceSettings, baseline: np.ndarray | float = 0.0, random_orders: int = 3) -> ControlEvidence:
+    """The controls of :func:`gather_evidence`'s figures: for each seed, a copy of ``module`` with random weights
+    traced back the same way (its saliency scored on the real ``module``); and ``random_orders`` random pixel
+    rankings scored on the real module."""
+    from governance_plugins.bort.reference import randomised_copy
+
+    out = ControlEvidence(seeds=list(seeds))
+    x = torch.from_numpy(np.ascontiguousarray(X))
+    forward = forward_fn(module)
+    k = evidence.deletion_samples
+    for s in seeds:
+        tr = trace(randomised_copy(module, s), x, evidence.trace.saliency_layer or settings.layer)
+        metrics = {"layer_rel_error_mean": tr.layer_rel_error_mean}
+        if tr.chain:
+            metrics.update(traced_rel_error=tr.rel_error, traced_cosine=tr.cosine)
+            if evidence.scores is not None:
+                sc = score_saliency(forward, X[:k], saliency_maps(tr.traced)[:k], baseline, settings.deletion_steps, s)
+                metrics.update(deletion_auc=sc.mean_deletion_auc, insertion_auc=sc.mean_insertion_auc)
+        out.add(out.random_weights, metrics)
+    if evidence.scores is not None:
+        rng = np.random.default_rng(list(seeds)[0] if seeds else 0)
+        for r in range(random_orders):
+            sal = rng.random((k, *X.shape[2:]))
+            sc = score_saliency(forward, X[:k], sal, baseline, settings.deletion_steps, r)
+            out.add(out.random_order, {"deletion_auc": sc.mean_deletion_auc, "insertion_auc": sc.mean_insertion_auc})
+    return out

@@ -1,22 +1,29 @@
 """Fine-tune a registered torch model with Bort and register the result as a new version (spec B6.2).
 
-``retrain()`` is what ``governance retrain MODEL_URI --optimizer bort`` runs: resolve the registered
-version, load it with ``mlflow.pytorch.load_model``, audit its weights, fine-tune it on ``X``/``y`` from an
-``.npz`` file with BortAdamW or BortSGD (or the plain optimizer, as a baseline), audit it again, and log the
-result in a new MLflow run registered as a new version of the same name. The version carries
-``governance.bort.*`` tags (optimizer, strength, parent, D_orth before/after), and the run holds the audit
-table and figure as artifacts. Fine-tuning a pretrained model with Bort is a proposal of the spec, not
-something the paper evaluated.
+``retrain()`` is what ``governance retrain MODEL_URI --optimizer bort`` runs: resolve the registered version,
+load it, audit its weights, fine-tune it on ``X``/``y`` from an ``.npz`` file with BortAdamW or BortSGD (or the
+plain optimizer, as a baseline), audit it again, and log the result in a new MLflow run registered as a new
+version of the same name. The version carries ``governance.bort.*`` tags (optimizer, strength, parent, D_orth
+before/after), and the run holds the audit table and figure as artifacts. Fine-tuning a pretrained model with Bort
+is a proposal of the spec, not something the paper evaluated.
+
+The new version is always written in MLflow's **pt2** format (``torch.export`` through ``mlflow.pytorch.log_model``
+with an input example of two samples, so the batch dimension stays dynamic), never as a pickle: loading a pickle
+runs whatever code it contains, on every machine that ever loads it (``governance inspect``, the report worker). A
+pt2 archive holds a graph and tensors, loads without the model's Python class, and MLflow checks it is free of
+pickle payloads when ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``. Whether the fine-tuned model can be exported is
+checked before anything is written. A *parent* stored as a pickle is refused unless the caller trusts it
+(``--trust-pickle``), and never loaded when ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` is false.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import math
+import os
 import re
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +31,58 @@ from typing import Any, Callable
 import numpy as np
 
 from governance.errors import ConfigError, DataError, ModelLoadError, ModelResolutionError
-from governance.contract.results import jsonable
 from governance_plugins.bort import constants as T
 
 OPTIMIZERS = T.OPTIMIZERS
+
+#: strengths that measurably constrain in short fine-tunes (benchmarks/bench_bort.py --gamma-sweep): the pull per
+#: step is lr*gamma (x 1/(1-momentum) for BortSGD); about 1e-2 is needed, 1e-5 barely moves D_orth (2 %)
+STRENGTH_HINT = ("a measurable constraint needs a pull lr*gamma of about 1e-2 per step: e.g. --strength 10 with "
+                 "--optimizer bort at --lr 1e-3, or --strength 0.1 with --optimizer bort-sgd at --lr 0.05 and "
+                 "momentum 0.9 (measured on a digits MLP: BortAdamW gamma 1e-2 at lr 1e-3 leaves D_orth practically "
+                 "where AdamW leaves it, 1.95 against 1.99; gamma 10 brings it to 0.19); keep lr*gamma below 1 and "
+                 "compare D_orth and accuracy in the printed summary")
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    """Every setting of one ``governance retrain`` job (the CLI options, one field each)."""
+
+    optimizer: str = "bort"
+    strength: float | None = None
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    amplitude: float | str = 1.0
+    include_classifier: bool = False
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "cpu"
+    register_as: str | None = None
+    experiment: str | None = None
+    tracking_uri: str | None = None
+    trust_pickle: bool = False
+
+    @property
+    def is_bort(self) -> bool:
+        return self.optimizer.startswith("bort")
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer '{self.optimizer}'", hint=f"choose one of: {', '.join(OPTIMIZERS)}")
+        if self.is_bort and self.strength is None:
+            raise ConfigError("--strength is required with a Bort optimizer: it has no default (the reference "
+                              "default 0 switches Bort off)", hint=STRENGTH_HINT)
+        if self.is_bort and self.strength < 0:
+            raise ConfigError(f"--strength must be >= 0, got {self.strength}", hint=STRENGTH_HINT)
+        if not self.is_bort and self.strength:
+            raise ConfigError(f"--strength applies to Bort optimizers only, not '{self.optimizer}'")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.val_fraction < 1:
+            raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0 and 0 <= --val-fraction < 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"unknown device '{self.device}'", hint="use one of: auto, cpu, cuda")
 
 
 @dataclass
@@ -40,6 +95,7 @@ class RetrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     audit_before: list[dict[str, Any]] = field(default_factory=list)
     audit_after: list[dict[str, Any]] = field(default_factory=list)
+    bought: str = ""  # what the fine-tune bought and cost, in words
 
     @property
     def model_uri(self) -> str:
@@ -66,8 +122,8 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path.name}: X has {len(X)} samples but y has {len(y)}", hint="X and y must align")
     if len(X) < 4:
         raise DataError(f"{path.name} has only {len(X)} samples", hint="fine-tuning needs at least a few batches")
-    if not np.issubdtype(X.dtype, np.number):
-        raise DataError(f"{path.name}: X has dtype {X.dtype}, not numbers", hint="store numeric inputs")
+    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
+        raise DataError(f"{path.name}: X has dtype {X.dtype}, not real numbers", hint="store real numeric inputs")
     return X.astype(np.float32, copy=False), y
 
 
@@ -100,6 +156,15 @@ def resolve_version(client: Any, uri: str) -> tuple[str, str]:
     return name, str(mv.version)
 
 
+def _torch_device(requested: str) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was requested but torch sees no CUDA device",
+                             hint="run on a machine with a CUDA build of torch, or use --device cpu/auto")
+    return "cuda" if requested in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
+
+
 # ------------------------------------------------------------------------------------------------ model
 def _is_fx(module: Any) -> bool:
     import torch
@@ -107,35 +172,119 @@ def _is_fx(module: Any) -> bool:
     return isinstance(module, torch.fx.GraphModule)
 
 
-def audit_module(module: Any) -> tuple[list[dict[str, Any]], dict[str, float], list[Any]]:
-    """(per-layer rows, summary, audits) of a torch module's weights."""
-    from governance_plugins.bort.audit import audit_layers, summarize
+def stored_format(model_dir: Path) -> str:
+    """"pt2", "pickle" or "unknown": how an MLflow pytorch model folder stores the model."""
+    data = model_dir / "data"
+    if (data / "model.pt2").exists():
+        return "pt2"
+    if (data / "model.pth").exists() or (data / "pickle_module_info.txt").exists():
+        return "pickle"
+    return "unknown"
+
+
+def check_pickle_trust(uri: str, trust_pickle: bool) -> None:
+    """Refuse to unpickle a parent unless the caller trusts it and MLflow's own switch allows it."""
+    env = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "").strip().lower()
+    if env in ("false", "0", "no"):
+        raise ModelLoadError(
+            f"{uri} is stored as a pickle and MLFLOW_ALLOW_PICKLE_DESERIALIZATION={env} forbids loading pickles",
+            hint="re-log the parent in the pt2 format (mlflow.pytorch.log_model's default), or unset the variable "
+                 "if you trust whoever registered it")
+    if not trust_pickle:
+        raise ModelLoadError(
+            f"{uri} is stored as a pickle (data/model.pth): loading it runs any code whoever registered it put "
+            "inside, with your permissions",
+            hint="re-log the parent with mlflow.pytorch.log_model(..., serialization_format='pt2') (the default), or "
+                 "pass --trust-pickle if you trust whoever registered it")
+
+
+def load_parent(parent_uri: str, opts: RetrainOptions, device: str) -> tuple[Any, str]:
+    """(the parent's torch module, its stored format), refusing untrusted pickles before they are opened."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="governance-retrain-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=parent_uri, dst_path=tmp))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot download {parent_uri}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                                 hint="check the model URI and that the artifact store is reachable") from exc
+        fmt = stored_format(local)
+        if fmt == "pickle":
+            check_pickle_trust(parent_uri, opts.trust_pickle)
+        try:
+            module = mlflow.pytorch.load_model(str(local), map_location=torch.device(device))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load {parent_uri} as a PyTorch model: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0]}",
+                                 hint="retrain works on models logged with mlflow.pytorch.log_model") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"{parent_uri} did not load as a torch.nn.Module ({type(module).__name__})")
+    return module, fmt
+
+
+def check_exportable(module: Any, example: np.ndarray) -> None:
+    """Export the model as ``mlflow.pytorch.log_model`` will (dynamic batch), before anything is written."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(example)).to(next(module.parameters()).device)
+    try:
+        torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the model cannot be exported with torch.export, so the fine-tuned version could not be written in the "
+            f"pt2 format: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            hint="make the model's forward exportable (no data-dependent Python control flow); governance retrain "
+                 "does not write pickles, which run code when loaded") from exc
+
+
+def audit_module(module: Any, constrained: set[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, float], list[Any]]:
+    """(per-layer rows, summary, audits) of a torch module's weights; ``constrained``: the parameter names counted
+    as constrained (default: Bort's default selection, every Linear/Conv weight but the last linear layer)."""
+    from governance_plugins.bort.audit import Split, audit_layers, summarize
     from governance_plugins.bort.layers import extract_layers, roles_from_torch
 
     params = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items() if v.dtype.is_floating_point}
     layers, _ = extract_layers(params, roles_from_torch(module) or None)
     audits = audit_layers(layers)
-    rows = [a.row() for a in audits]
-    return rows, summarize(audits), audits
+    split = Split.of(audits)
+    if constrained is not None:
+        split = Split(tuple(i for i, a in enumerate(audits) if a.name in constrained), split.classifier)
+    return [a.row() for a in audits], summarize(audits, split), audits
 
 
-def build_optimizer(module: Any, optimizer: str, *, strength: float | None, lr: float, momentum: float,
-                    weight_decay: float, amplitude: float | str, include_classifier: bool) -> Any:
+def constrained_names(module: Any, opts: RetrainOptions) -> set[str]:
+    """Names of the weights Bort constrains (or would, for a plain baseline fine-tune): the same layer group on
+    both sides of a comparison."""
+    import warnings
+
+    from governance_plugins.bort.optim import make_bort_param_groups
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        groups = make_bort_param_groups(module, gamma=1.0, amplitude=opts.amplitude,
+                                        exclude_classifier=not opts.include_classifier)
+    ids = {id(p) for g in groups if g["gamma"] > 0 for p in g["params"]}
+    return {n for n, p in module.named_parameters() if id(p) in ids}
+
+
+def build_optimizer(module: Any, opts: RetrainOptions) -> Any:
     """The optimizer for ``module``: Bort groups per spec B2.6 (classifier excluded unless asked)."""
     import torch
 
     from governance_plugins.bort.optim import BortAdamW, BortSGD, make_bort_param_groups
 
     params = [p for p in module.parameters() if p.requires_grad]
-    if optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    groups = make_bort_param_groups(module, gamma=strength, amplitude=amplitude,
-                                    exclude_classifier=not include_classifier)
-    if optimizer in ("bort", "bort-adamw"):
-        return BortAdamW(groups, lr=lr, weight_decay=weight_decay)
-    return BortSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if opts.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    if opts.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+    groups = make_bort_param_groups(module, gamma=opts.strength, amplitude=opts.amplitude,
+                                    exclude_classifier=not opts.include_classifier)
+    if opts.optimizer in ("bort", "bort-adamw"):
+        return BortAdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay)
+    return BortSGD(groups, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
 
 
 def _task(y: np.ndarray, n_out: int) -> str:
@@ -149,28 +298,28 @@ def _task(y: np.ndarray, n_out: int) -> str:
     return "regression"
 
 
-def _evaluate(module: Any, X: Any, y: Any, task: str, batch: int = 512) -> float:
+def scores(module: Any, X: Any, y: Any, task: str, batch: int = 512) -> np.ndarray:
+    """Per-sample correctness (classification) or squared error (regression) on the validation split."""
     import torch
 
     with torch.no_grad():
         out = torch.cat([module(X[i: i + batch]) for i in range(0, len(X), batch)])
     if task == "classification":
-        return float((out.argmax(1) == y).float().mean())
-    return float(torch.nn.functional.mse_loss(out.reshape(y.shape), y))
+        return (out.argmax(1) == y).double().cpu().numpy()
+    return (out.reshape(y.shape) - y).double().square().reshape(len(y), -1).mean(1).cpu().numpy()
 
 
-def fine_tune(module: Any, X: np.ndarray, y: np.ndarray, opt: Any, *, epochs: int, batch_size: int, seed: int,
-              device: str, task: str, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """Mini-batch training (cross-entropy or MSE); returns the mean loss per epoch."""
+def fine_tune(module: Any, X: np.ndarray, y: np.ndarray, opt: Any, opts: RetrainOptions, *, device: str, task: str,
+              on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Mini-batch training (cross-entropy or MSE) for ``opts.epochs`` epochs of ``opts.batch_size``; returns the
+    mean loss per epoch."""
+    epochs, batch_size, seed = opts.epochs, opts.batch_size, opts.seed
     import torch
     import torch.nn.functional as F
 
     Xt = torch.from_numpy(X).to(device)
     yt = torch.from_numpy(y).to(device)
-    if task == "classification":
-        yt = yt.long()
-    else:
-        yt = yt.float()
+    yt = yt.long() if task == "classification" else yt.float()
     g = torch.Generator().manual_seed(seed)
     if not _is_fx(module):
         module.train()
@@ -199,82 +348,72 @@ def fine_tune(module: Any, X: np.ndarray, y: np.ndarray, opt: Any, *, epochs: in
 
 
 # ------------------------------------------------------------------------------------------------ main
-def retrain(
-    model_uri: str,
-    data: str | Path,
-    *,
-    optimizer: str = "bort",
-    strength: float | None = None,
-    epochs: int = 5,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    amplitude: float | str = 1.0,
-    include_classifier: bool = False,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    device: str = "cpu",
-    register_as: str | None = None,
-    experiment: str | None = None,
-    tracking_uri: str | None = None,
-    echo: Callable[[str], None] = lambda s: None,
-) -> RetrainResult:
-    """Fine-tune ``model_uri`` on ``data`` and register the result (see the module docstring)."""
+@dataclass
+class _Job:
+    """What one retrain job works on, gathered before anything is written."""
+
+    opts: RetrainOptions
+    name: str
+    target: str
+    parent_uri: str
+    module: Any
+    fmt_in: str
+    X: np.ndarray
+    y: np.ndarray
+    data_sha: str
+    task: str
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    device: str
+    client: Any
+
+    def val_tensors(self) -> tuple[Any, Any]:
+        import torch
+
+        Xv = torch.from_numpy(self.X[self.val_idx]).to(self.device)
+        yv = torch.from_numpy(self.y[self.val_idx]).to(self.device)
+        return Xv, (yv.long() if self.task == "classification" else yv.float())
+
+
+def retrain(model_uri: str, data: str | Path, options: RetrainOptions | None = None, *,
+            echo: Callable[[str], None] = lambda s: None, **overrides: Any) -> RetrainResult:
+    """Fine-tune ``model_uri`` on ``data`` and register the result in the pt2 format (see the module docstring).
+    ``overrides``: fields of :class:`RetrainOptions` (``retrain(uri, data, optimizer="bort", strength=10)``)."""
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(RetrainOptions)}
+    if unknown:
+        raise TypeError(f"retrain() got unknown options: {', '.join(sorted(unknown))}")
+    opts = dataclasses.replace(options or RetrainOptions(), **overrides)
+    opts.validate()
+    job = _prepare(model_uri, data, opts, echo)
+    from governance_plugins.bort.training import run_job
+
+    return run_job(job, echo)
+
+
+def _prepare(model_uri: str, data: str | Path, opts: RetrainOptions, echo: Callable[[str], None]) -> _Job:
+    """Every check (options, data, parent, its format, exportability) before anything is written."""
     import mlflow
-    import mlflow.pytorch
     import torch
     from mlflow.tracking import MlflowClient
 
-    from governance.host.runtimes.device import torch_device
-
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer '{optimizer}'", hint=f"choose one of: {', '.join(OPTIMIZERS)}")
-    is_bort = optimizer.startswith("bort")
-    if is_bort and strength is None:
-        raise ConfigError(
-            "--strength is required with a Bort optimizer: it has no default (the reference default 0 switches "
-            "Bort off)",
-            hint="pass e.g. --strength 10 for bort/bort-adamw or --strength 0.1 for bort-sgd (momentum 0.9) in "
-                 "short fine-tunes; lr*strength sets the pull per step (keep it below 1), compare D_orth and "
-                 "accuracy in the printed summary")
-    if is_bort and strength is not None and strength < 0:
-        raise ConfigError(f"--strength must be >= 0, got {strength}")
-    if not is_bort and strength:
-        raise ConfigError(f"--strength applies to Bort optimizers only, not '{optimizer}'")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or not 0 <= val_fraction < 1:
-        raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0 and 0 <= --val-fraction < 1")
-    dev = torch_device(device)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    dev = _torch_device(opts.device)
+    if opts.tracking_uri:
+        mlflow.set_tracking_uri(opts.tracking_uri)
     client = MlflowClient()
-
     X, y = load_npz(data)
     data_sha = hashlib.sha256(X.tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
-    m = _URI.match(model_uri)
-    if m:
+    if _URI.match(model_uri):
         name, parent_version = resolve_version(client, model_uri)
         parent_uri = f"models:/{name}/{parent_version}"
+    elif not opts.register_as:
+        raise ConfigError(f"'{model_uri}' is not a registered model, so the new version needs a name",
+                          hint="pass --register-as NAME")
     else:
-        if not register_as:
-            raise ConfigError(f"'{model_uri}' is not a registered model, so the new version needs a name",
-                              hint="pass --register-as NAME")
-        name, parent_version, parent_uri = register_as, None, model_uri
-    target = register_as or name
+        name, parent_uri = opts.register_as, model_uri
     echo(f"loading {parent_uri}")
-    try:
-        module = mlflow.pytorch.load_model(parent_uri, map_location=torch.device(dev))
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load {parent_uri} as a PyTorch model: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                             hint="retrain works on models logged with mlflow.pytorch.log_model") from exc
-    if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"{parent_uri} did not load as a torch.nn.Module ({type(module).__name__})")
-    fx = _is_fx(module)
-    trainable = [p for p in module.parameters() if p.is_floating_point()]
-    if not trainable:
+    module, fmt_in = load_parent(parent_uri, opts, dev)
+    if not [p for p in module.parameters() if p.is_floating_point()]:
         raise ModelLoadError(f"{parent_uri} has no floating-point parameters to fine-tune")
-    for p in trainable:
-        p.requires_grad_(True)
     try:
         with torch.no_grad():
             probe = module(torch.from_numpy(X[:2]).to(dev))
@@ -283,123 +422,23 @@ def retrain(
                         hint="X must have the model's input shape (batch first)") from exc
     n_out = int(np.prod(probe.shape[1:])) if probe.ndim > 1 else 1
     task = _task(y, n_out)
-
-    # split
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(X))
-    n_val = int(round(val_fraction * len(X)))
-    val_idx, tr_idx = perm[:n_val], perm[n_val:]
-    Xtr, ytr = X[tr_idx], y[tr_idx]
-    Xv = torch.from_numpy(X[val_idx]).to(dev)
-    yv = torch.from_numpy(y[val_idx]).to(dev)
-    if task == "classification":
-        yv = yv.long()
-    else:
-        yv = yv.float()
-
-    if not fx:
-        module.eval()
-    rows_before, sum_before, audits_before = audit_module(module)
-    if not rows_before:
-        raise ModelLoadError(f"{parent_uri} has no Linear/Conv weights, so Bort has nothing to constrain")
-    score_before = _evaluate(module, Xv, yv, task) if n_val else math.nan
-    opt = build_optimizer(module, optimizer, strength=strength, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                          amplitude=amplitude, include_classifier=include_classifier)
-    metric_name = "val_accuracy" if task == "classification" else "val_mse"
-    if experiment:
-        mlflow.set_experiment(experiment)
-    fmt = "pt2" if fx else "pickle"
-    with mlflow.start_run(run_name=f"retrain-{name}-{optimizer}") as run:
-        mlflow.log_params({
-            "optimizer": type(opt).__name__, "strength": strength, "epochs": epochs, "lr": lr,
-            "batch_size": batch_size, "momentum": momentum if "sgd" in optimizer else None,
-            "weight_decay": weight_decay, "amplitude": amplitude, "include_classifier": include_classifier,
-            "val_fraction": val_fraction, "seed": seed, "parent": parent_uri, "data_sha256": data_sha,
-            "n_train": len(tr_idx), "n_val": n_val, "format": fmt,
-            "train_mode": "inference (torch.export graph: BatchNorm and dropout frozen)" if fx else "train",
-        })
-        if fx:
-            echo("note: the model is a torch.export graph (pt2): it trains with BatchNorm statistics and dropout "
-                 "frozen in inference mode")
-        mlflow.set_tags({"governance.kind": "retrain", T.TAG_PARENT: parent_uri})
-        t0 = time.perf_counter()
-
-        def on_epoch(epoch: int, loss: float) -> None:
-            mlflow.log_metric("train_loss", loss, step=epoch + 1)
-            echo(f"epoch {epoch + 1}/{epochs}: loss {loss:.4g}")
-
-        fine_tune(module, Xtr, ytr, opt, epochs=epochs, batch_size=batch_size, seed=seed, device=dev, task=task,
-                  on_epoch=on_epoch)
-        seconds = time.perf_counter() - t0
-        rows_after, sum_after, audits_after = audit_module(module)
-        score_after = _evaluate(module, Xv, yv, task) if n_val else math.nan
-        constrained = _constrained_names(module, opt)
-        metrics = {
-            f"{metric_name}_parent": score_before, metric_name: score_after,
-            "d_orth_mean_parent": sum_before["d_orth_mean"], "d_orth_mean": sum_after["d_orth_mean"],
-            "d_abs_mean_parent": sum_before["d_abs_mean"], "d_abs_mean": sum_after["d_abs_mean"],
-            "kappa_median_parent": sum_before["kappa_median"], "kappa_median": sum_after["kappa_median"],
-            "train_seconds": seconds,
-        }
-        if constrained:
-            metrics["d_orth_constrained_mean_parent"] = _mean_d_orth(audits_before, constrained)
-            metrics["d_orth_constrained_mean"] = _mean_d_orth(audits_after, constrained)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp_path = Path(tmp)
-            (tmp_path / "bort_audit.json").write_text(json.dumps(jsonable(
-                {"parent": parent_uri, "optimizer": type(opt).__name__, "strength": strength,
-                 "summary_before": sum_before, "summary_after": sum_after,
-                 "layers_before": rows_before, "layers_after": rows_after}), indent=2))
-            _write_figure(tmp_path / "bort_deviation.png", audits_after, audits_before, parent_uri)
-            mlflow.log_artifacts(tmp, artifact_path="bort_audit")
-        if not fx:
-            for p in module.parameters():
-                p.requires_grad_(False)
-        example = X[:2]
-        info = mlflow.pytorch.log_model(module, name="model", input_example=example, pip_requirements=["torch"],
-                                        registered_model_name=target, serialization_format=fmt)
-        version = str(info.registered_model_version)
-    tags = {T.TAG_OPTIMIZER: type(opt).__name__, T.TAG_PARENT: parent_uri,
-            T.TAG_D_ORTH: f"{sum_after['d_orth_mean']:.6g}", T.TAG_D_ORTH_PARENT: f"{sum_before['d_orth_mean']:.6g}",
-            f"{T.TAG_PREFIX}{metric_name}": f"{score_after:.6g}",
-            f"{T.TAG_PREFIX}{metric_name}_parent": f"{score_before:.6g}"}
-    if is_bort:
-        tags[T.TAG_GAMMA] = f"{strength:g}"
-        tags[T.TAG_AMPLITUDE] = str(amplitude)
-    else:
-        tags = {k: v for k, v in tags.items() if k != T.TAG_OPTIMIZER}
-        tags[f"{T.TAG_PREFIX}baseline_optimizer"] = type(opt).__name__
-    for k, v in tags.items():
-        client.set_model_version_tag(target, version, k, v)
-    client.update_model_version(target, version, description=(
-        f"Fine-tuned from {parent_uri} with {type(opt).__name__}"
-        + (f" (strength {strength:g}, amplitude {amplitude})" if is_bort else "")
-        + f" for {epochs} epochs on {Path(data).name} (sha256 {data_sha[:12]}). {metric_name}: "
-        f"{score_before:.4g} -> {score_after:.4g}; mean D_orth {sum_before['d_orth_mean']:.3g} -> "
-        f"{sum_after['d_orth_mean']:.3g}."))
-    return RetrainResult(name=target, version=version, parent_uri=parent_uri, run_id=run.info.run_id,
-                         optimizer=type(opt).__name__, metrics=metrics, audit_before=rows_before, audit_after=rows_after)
+    check_exportable(module, X[:2])
+    perm = np.random.default_rng(opts.seed).permutation(len(X))
+    n_val = int(round(opts.val_fraction * len(X)))
+    return _Job(opts, name, opts.register_as or name, parent_uri, module, fmt_in, X, y, data_sha, task,
+                perm[n_val:], perm[:n_val], dev, client)
 
 
-def _constrained_names(module: Any, opt: Any) -> set[str]:
-    """Names of the parameters the optimizer constrains (groups with gamma > 0, at least 2-D)."""
-    ids = {id(p) for g in opt.param_groups if g.get("gamma", 0) > 0 for p in g["params"] if p.ndim >= 2}
-    return {n for n, p in module.named_parameters() if id(p) in ids}
+def reference_d_orth(module: Any, names: set[str], seed: int, draws: int = 5) -> tuple[float, float]:
+    """(mean, band) of the weighted mean D_orth of the layers ``names`` for random weights of the same shapes."""
+    from governance_plugins.bort.audit import Split
+    from governance_plugins.bort.layers import extract_layers, roles_from_torch
+    from governance_plugins.bort.reference import RandomReference
 
+    params = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items() if v.dtype.is_floating_point}
+    layers, _ = extract_layers(params, roles_from_torch(module) or None)
+    split = Split(tuple(i for i, layer in enumerate(layers) if layer.name in names), None)
+    ref = RandomReference.build(layers, split, seed=seed, draws=draws, amplitude=1.0, row_tolerance=0.1)
+    band = ref.band("d_orth_constrained_mean")
+    return band.mean, band.margin
 
-def _mean_d_orth(audits: list, names: set[str]) -> float:
-    chosen = [a for a in audits if a.name in names and math.isfinite(a.d_orth)]
-    if not chosen:
-        return math.nan
-    return float(np.average([a.d_orth for a in chosen], weights=[a.n_params for a in chosen]))
-
-
-def _write_figure(path: Path, after: list, before: list, parent: str) -> None:
-    from governance_plugins.bort.plots import deviation_figure
-
-    fig = deviation_figure(after, None, [(f"parent {parent}", {a.name: a.d_orth for a in before})])
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)

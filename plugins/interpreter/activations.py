@@ -7,7 +7,7 @@ batched, gradient-free pass over the data) and every training epoch reads them f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -81,14 +81,28 @@ def pick_layers(out: torch.Tensor, acts: dict[str, Any], image: bool, names: Seq
     return chosen, why
 
 
+class ActivationSource(Protocol):
+    """Mini-batches of the frozen predictor's tapped activations and class logits, by row index."""
+
+    layers: list[str]
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]: ...
+
+
 @dataclass
 class ActivationCache:
-    """The predictor's tapped activations and raw outputs on a fixed set of inputs."""
+    """The predictor's tapped activations and raw outputs on a fixed set of inputs, held in memory.
+
+    ``class_logits`` (set by :meth:`with_class_logits`) are what training imitates; ``rows`` gives a view of
+    consecutive rows without copying (training rows first, held-out rows after them)."""
 
     acts: list[torch.Tensor]  # one (n, *shape) tensor per tapped layer, in the order of ``layers``
     outputs: torch.Tensor  # (n, n_outputs) raw predictor outputs
     layers: list[str]
     forward_calls: int = 0  # predictor forward passes spent building the cache
+    class_logits: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.outputs)
@@ -97,11 +111,53 @@ class ActivationCache:
     def nbytes(self) -> int:
         return sum(a.element_size() * a.numel() for a in self.acts) + self.outputs.element_size() * self.outputs.numel()
 
-    def batch(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        return [a[idx].float() for a in self.acts]
+    def with_class_logits(self, transform: str) -> "ActivationCache":
+        self.class_logits = apply_output_transform(self.outputs, transform)
+        return self
+
+    def batch(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return [a[idx].float() for a in self.acts], self.class_logits[idx]
+
+    def rows(self, start: int, stop: int) -> "ActivationCache":
+        sl = slice(start, stop)
+        return ActivationCache([a[sl] for a in self.acts], self.outputs[sl], self.layers, 0,
+                               None if self.class_logits is None else self.class_logits[sl])
 
     def subset(self, idx: torch.Tensor) -> "ActivationCache":
-        return ActivationCache([a[idx] for a in self.acts], self.outputs[idx], self.layers, 0)
+        return ActivationCache([a[idx] for a in self.acts], self.outputs[idx], self.layers, 0,
+                               None if self.class_logits is None else self.class_logits[idx])
+
+
+class StreamingActivations:
+    """The same interface without memory: every mini-batch re-runs the frozen predictor (no gradients).
+
+    Used when the cache would not fit (``max_cache_mb``): it costs one predictor forward pass per sample per
+    epoch instead of one in all."""
+
+    def __init__(self, model: Any, X: np.ndarray, layers: Sequence[str], transform: str) -> None:
+        self.model, self.X, self.layers, self.transform = model, X, list(layers), transform
+        self.forward_calls = 0
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def batch(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        xb = torch.from_numpy(np.ascontiguousarray(self.X[idx.cpu().numpy()])).to(self.model.device)
+        with torch.no_grad():
+            out, got = self.model.forward_with_activations(xb, self.layers)
+        self.forward_calls += 1
+        acts = [_tensor_output(got, name, self.model).float() for name in self.layers]
+        return acts, apply_output_transform(out.detach().reshape(len(xb), -1), self.transform)
+
+    def rows(self, start: int, stop: int) -> "StreamingActivations":
+        return StreamingActivations(self.model, self.X[start:stop], self.layers, self.transform)
+
+
+def _tensor_output(got: dict[str, Any], name: str, model: Any) -> torch.Tensor:
+    if name not in got or not isinstance(got[name], torch.Tensor):
+        raise MethodError(f"layer '{name}' of {model.info.display_name} produced no tensor output",
+                          hint="tap a layer whose output is a single tensor")
+    return got[name].detach()
 
 
 def bytes_per_sample(shapes: Sequence[Sequence[int]], dtype: torch.dtype) -> int:
@@ -127,18 +183,15 @@ def build_cache(
             out, got = model.forward_with_activations(xb, list(layers))
         calls += 1
         for k, name in enumerate(layers):
-            if name not in got or not isinstance(got[name], torch.Tensor):
-                raise MethodError(f"layer '{name}' of {model.info.display_name} produced no tensor output",
-                                  hint="tap a layer whose output is a single tensor")
-            acts[k].append(got[name].detach().to("cpu", dtype))
+            acts[k].append(_tensor_output(got, name, model).to("cpu", dtype))
         outs.append(out.detach().to("cpu", torch.float32).reshape(len(xb), -1))
         if progress is not None:
             progress(min(1.0, (start + len(xb)) / len(X)))
     return ActivationCache([torch.cat(a) for a in acts], torch.cat(outs), list(layers), calls)
 
 
-def as_class_logits(outputs: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """Class logits from the predictor's raw outputs, and how they were obtained.
+def output_transform(outputs: torch.Tensor) -> str:
+    """How the predictor's raw outputs become class logits (decided once, on a cache or a probe batch).
 
     Logits pass through. Rows that are probability vectors (non-negative, summing to 1) become log-probabilities
     (softmax of them gives the probabilities back). A single output column is read as a binary logit
@@ -147,12 +200,27 @@ def as_class_logits(outputs: torch.Tensor) -> tuple[torch.Tensor, str]:
     if out.shape[1] == 1:
         z = out[:, 0]
         if bool(((z >= 0) & (z <= 1)).all()) and not bool(((z == 0) | (z == 1)).all()):
+            return "binary probability -> logit, two classes"
+        return "binary logit, two classes"
+    if bool((out >= 0).all()) and torch.allclose(out.sum(dim=1), torch.ones(len(out)), atol=1e-4):
+        return "probabilities -> log-probabilities"
+    return "logits"
+
+
+def apply_output_transform(outputs: torch.Tensor, how: str) -> torch.Tensor:
+    out = outputs.float()
+    if how.startswith("binary"):
+        z = out[:, 0]
+        if how.startswith("binary probability"):
             p = z.clamp(1e-7, 1 - 1e-7)
             z = torch.log(p) - torch.log1p(-p)
-            how = "binary probability -> logit, two classes"
-        else:
-            how = "binary logit, two classes"
-        return torch.stack([torch.zeros_like(z), z], dim=1), how
-    if bool((out >= 0).all()) and torch.allclose(out.sum(dim=1), torch.ones(len(out)), atol=1e-4):
-        return torch.log(out.clamp_min(1e-12)), "probabilities -> log-probabilities"
-    return out, "logits"
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+    if how.startswith("probabilities"):
+        return torch.log(out.clamp_min(1e-12))
+    return out
+
+
+def as_class_logits(outputs: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """Class logits from the predictor's raw outputs, and how they were obtained (see :func:`output_transform`)."""
+    how = output_transform(outputs)
+    return apply_output_transform(outputs, how), how

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,7 +30,8 @@ from governance_plugins.interpreter import metrics as M
 from governance_plugins.interpreter.activations import pick_layers
 from governance_plugins.interpreter.losses import LossSchedule
 from governance_plugins.interpreter.nets import FlintInterpreter, InterpreterSpec
-from governance_plugins.interpreter.training import LayerTaps, evaluate, fit_joint, single_thread_if_small
+from governance_plugins.interpreter.training import (FitOptions, LayerTaps, evaluate, fit_joint,
+                                                     single_thread_if_small)
 
 #: reference seed for training (A2.3)
 TRAIN_SEED = 121
@@ -97,82 +99,101 @@ def _check_dataset(dataset: Any) -> tuple[np.ndarray, np.ndarray, int]:
     return X, y.astype(np.int64), n_classes
 
 
-def train_interpretable(
-    predictor: nn.Module,
-    dataset: Any,
-    *,
-    layers: Sequence[str] | None = None,
-    n_attributes: int | None = None,
-    epochs: int = 12,
-    batch_size: int = 16,
-    lr: float = 1e-4,
-    schedule: LossSchedule | None = None,
-    min_steps_per_epoch: int = 250,
-    holdout_fraction: float = 0.2,
-    seed: int = TRAIN_SEED,
-    taus: Sequence[float] = M.DEFAULT_TAUS,
-    attribute_activation: str = "leaky_relu",
-    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-) -> tuple[nn.Module, FlintInterpreter, dict[str, Any]]:
+@dataclass(frozen=True)
+class JointOptions:
+    """Options of :func:`train_interpretable`; every field can also be passed to it as a keyword.
+
+    Defaults: the reference code's MNIST row (A2.3), its training seed, and the method's defaults for J, the
+    held-out share and the extended epochs of small datasets."""
+
+    layers: Sequence[str] | None = None  # default: the post-hoc method's choice of taps
+    n_attributes: int | None = None  # default: about 2.5 × the number of classes
+    epochs: int = 12
+    batch_size: int = 16
+    lr: float = 1e-4
+    schedule: LossSchedule | None = None
+    min_steps_per_epoch: int = 250
+    holdout_fraction: float = 0.2
+    seed: int = TRAIN_SEED
+    taus: Sequence[float] = M.DEFAULT_TAUS
+    attribute_activation: str = "leaky_relu"
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None
+
+    def fit_options(self) -> FitOptions:
+        return FitOptions(schedule=self.schedule or LossSchedule(), epochs=self.epochs, batch_size=self.batch_size,
+                          lr=self.lr, seed=self.seed, min_steps_per_epoch=self.min_steps_per_epoch,
+                          on_epoch=self.on_epoch)
+
+
+def train_interpretable(predictor: nn.Module, dataset: Any, options: JointOptions | None = None,
+                        **overrides: Any) -> tuple[nn.Module, FlintInterpreter, dict[str, Any]]:
     """Train ``predictor`` and a FLINT interpreter together on a labelled ``dataset`` (governance Dataset).
 
     Loss: ``L_pred + β·L_of + γ·L_if + δ·L_cd + λ_spa·L_sp`` with the reference MNIST weights and warm-up
     (A2.3), one Adam optimiser over both. A held-out share of the data (``holdout_fraction``) measures the
-    predictor's and the interpreter's accuracy, fidelity and conciseness. Returns the predictor and the
-    interpreter (both in eval mode) and the metrics (``history`` holds one record per epoch)."""
-    from governance_plugins.interpreter.method import default_n_attributes
-
+    predictor's and the interpreter's accuracy, fidelity and conciseness. ``options`` and/or keyword overrides
+    (the fields of :class:`JointOptions`). Returns the predictor and the interpreter (both in eval mode) and the
+    metrics (``history`` holds one record per epoch)."""
+    if unknown := sorted(set(overrides) - set(JointOptions.__dataclass_fields__)):
+        raise TypeError(f"train_interpretable() got unknown option(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(JointOptions.__dataclass_fields__)}")
+    opts = replace(options or JointOptions(), **overrides)
     X, y, n_classes = _check_dataset(dataset)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(X))
-    n_hold = max(1, min(len(X) - 10, round(len(X) * holdout_fraction)))
+    perm = np.random.default_rng(opts.seed).permutation(len(X))
+    n_hold = max(1, min(len(X) - 10, round(len(X) * opts.holdout_fraction)))
     hold, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-    image = X.ndim == 4
-    lo, hi = float(X.min()), float(X.max())
-    unit = lo >= 0 and hi <= 1
     xt = torch.from_numpy(np.ascontiguousarray(X))
     yt = torch.from_numpy(y)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if layers is None:
-            layers, _ = default_layers(predictor, xt[:4], image)
-        taps = LayerTaps(predictor, layers)
-        predictor.eval()
-        with torch.no_grad():
-            out, probe = taps(xt[:2])
-        if out.shape[-1] != n_classes:
-            raise DataError(f"the predictor has {out.shape[-1]} outputs but the labels have {n_classes} classes",
-                            hint="build the predictor with one output per class")
-        spec = InterpreterSpec(
-            layers=list(layers), layer_shapes=[list(a.shape[1:]) for a in probe], n_classes=n_classes,
-            n_attributes=n_attributes or default_n_attributes(n_classes), input_shape=list(X.shape[1:]),
-            modality="image" if image else "tabular", decoder_output="relu" if unit else "linear",
-            reconstruction="l1" if image and not unit else "mse", input_range=[lo, hi],
-            class_names=getattr(dataset, "class_names", None), mode="joint",
-            attribute_activation=attribute_activation,
-        )
+        torch.manual_seed(opts.seed)
+        taps, spec = _joint_spec(predictor, dataset, X, xt, n_classes, opts)
         interp = FlintInterpreter(spec)
 
         def evaluate_fn() -> dict[str, Any]:
-            ev = _evaluate_joint(predictor, taps, interp, xt[hold], yt[hold], taus)
+            ev = _evaluate_joint(predictor, taps, interp, xt[hold], yt[hold], opts.taus)
             return {"fidelity": ev["fidelity"], "accuracy_predictor": ev["accuracy_predictor"],
                     "accuracy_interpreter": ev["accuracy_interpreter"], "cns_g_2": ev["cns"].get(2.0)}
 
-        step_floats = batch_size * (sum(math.prod(s) for s in spec.layer_shapes) + math.prod(X.shape[1:]))
+        step_floats = opts.batch_size * (sum(math.prod(s) for s in spec.layer_shapes) + math.prod(X.shape[1:]))
         with single_thread_if_small(step_floats * 4):  # joint steps also run the predictor's forward/backward
-            history = fit_joint(predictor, taps, interp, xt[train], yt[train], schedule=schedule or LossSchedule(),
-                                epochs=epochs, batch_size=batch_size, lr=lr,
-                                generator=torch.Generator().manual_seed(seed), evaluate_fn=evaluate_fn,
-                                min_steps_per_epoch=min_steps_per_epoch, on_epoch=on_epoch)
+            history = fit_joint(predictor, taps, interp, xt[train], yt[train], opts.fit_options(),
+                                evaluate_fn=evaluate_fn)
     predictor.eval()
     interp.eval()
-    final = _evaluate_joint(predictor, taps, interp, xt[hold], yt[hold], taus)
+    final = _evaluate_joint(predictor, taps, interp, xt[hold], yt[hold], opts.taus)
     metrics: dict[str, Any] = {k: v for k, v in final.items() if k not in ("cns", "evaluation")}
     for tau, v in final["cns"].items():
         metrics[f"cns_g_tau_{tau:g}"] = v
-    metrics.update({"n_train": int(len(train)), "n_heldout": int(len(hold)), "layers": list(layers),
+    metrics.update({"n_train": int(len(train)), "n_heldout": int(len(hold)), "layers": list(spec.layers),
                     "n_attributes": spec.n_attributes, "history": history})
     return predictor, interp, metrics
+
+
+def _joint_spec(predictor: nn.Module, dataset: Any, X: np.ndarray, xt: torch.Tensor, n_classes: int,
+                opts: JointOptions) -> tuple[LayerTaps, InterpreterSpec]:
+    """The taps on the predictor and the interpreter's spec (checks that the predictor has C outputs)."""
+    from governance_plugins.interpreter.method import default_n_attributes
+
+    image = X.ndim == 4
+    lo, hi = float(X.min()), float(X.max())
+    unit = lo >= 0 and hi <= 1
+    layers = list(opts.layers) if opts.layers is not None else default_layers(predictor, xt[:4], image)[0]
+    taps = LayerTaps(predictor, layers)
+    predictor.eval()
+    with torch.no_grad():
+        out, probe = taps(xt[:2])
+    if out.shape[-1] != n_classes:
+        raise DataError(f"the predictor has {out.shape[-1]} outputs but the labels have {n_classes} classes",
+                        hint="build the predictor with one output per class")
+    spec = InterpreterSpec(
+        layers=layers, layer_shapes=[list(a.shape[1:]) for a in probe], n_classes=n_classes,
+        n_attributes=opts.n_attributes or default_n_attributes(n_classes), input_shape=list(X.shape[1:]),
+        modality="image" if image else "tabular", decoder_output="relu" if unit else "linear",
+        reconstruction="l1" if image and not unit else "mse", input_range=[lo, hi],
+        class_names=getattr(dataset, "class_names", None), mode="joint",
+        attribute_activation=opts.attribute_activation,
+    )
+    return taps, spec
 
 
 @torch.no_grad()

@@ -79,7 +79,11 @@ def train_interpretable_cmd(data_path: str, name: str, epochs: int, batch_size: 
 
     ds = load_npz(data_path)
     n_classes = int(max(ds.y)) + 1 if ds.y is not None and len(ds.y) else 0
-    predictor, layers = build_predictor(ds.sample_shape, max(n_classes, 2))
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # --seed also fixes the predictor's initial weights
+        torch.manual_seed(seed)
+        predictor, layers = build_predictor(ds.sample_shape, max(n_classes, 2))
     click.echo(f"training a {'CNN' if ds.modality == 'image' else 'MLP'} predictor and its interpreter on "
                f"{len(ds)} samples of shape {ds.sample_shape} ({n_classes} classes), taps: {', '.join(layers)}")
 

@@ -1,11 +1,13 @@
 """FLINT post-hoc interpreter as a governance method (methods-flint-bort.md Part A, A2.5 and A6).
 
 The registered model stays frozen. Its activations at one or two late hidden layers and its outputs are
-computed once and cached; an interpreter ``g = h ∘ Ψ`` (J attributes, a linear head) and a decoder are then
-trained on those alone to imitate the model (no labels needed: the model's outputs are the targets). The
-result is a dictionary of attributes with per-sample and per-class relevances, the interpreter's fidelity
-to the model, its conciseness, visualisations of the attributes, and the interpreter itself (saved in the
-method's folder and logged to MLflow as a model of its own).
+computed once and cached (or streamed when the cache would not fit); an interpreter ``g = h ∘ Ψ`` (J attributes,
+a linear head) and a decoder are then trained on those alone to imitate the model (no labels needed: the model's
+outputs are the targets). The result is a dictionary of attributes with per-sample and per-class relevances, the
+interpreter's fidelity to the model, its conciseness and the purity of its attributes, each beside its controls
+(an untrained interpreter, an interpreter of the model with randomised weights), visualisations of the
+attributes, and the interpreter itself (saved in the method's folder and logged into the governance run as an
+MLflow model of its own).
 """
 
 from __future__ import annotations
@@ -13,13 +15,11 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
-from governance.errors import MethodError
 from governance import Explanation, Method, MethodConfig, MethodContext, Requirement
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 
 class FlintConfig(MethodConfig):
@@ -52,14 +52,28 @@ class FlintConfig(MethodConfig):
     mas_per_pair: int = Field(3, ge=1, le=16)
     max_pairs: int = Field(8, ge=1, le=64)
     am_pairs: int = Field(4, ge=0, le=32, description="pairs visualised by activation maximisation (images; 0: off)")
+    am_min_pixels: int = Field(256, ge=0, description="activation maximisation only for inputs with at least this "
+                               "many pixels per channel: on 8x8 digits it yields saturated pixel noise, on 16x16 "
+                               "images it shows the pattern an attribute responds to")
     am_rounds: int = Field(12, ge=1)
     am_steps: int = Field(50, ge=1)
     am_lr: float = Field(0.05, gt=0)
     am_clamp: bool = Field(True, description="clamp AM images to the data range after every step (valid images; "
                            "the reference code does not clamp)")
+    controls: list[Literal["untrained", "randomised_model", "permuted_targets"]] = Field(
+        default_factory=lambda: ["untrained", "randomised_model"],
+        description="controls the headline figures are compared with: the untrained interpreter (cheap), an "
+                    "interpreter of the model with randomised weights (one more training), an interpreter trained "
+                    "on permuted targets (one more training)")
+    control_draws: int = Field(5, ge=2, le=100, description="initialisations drawn for the untrained-interpreter control")
+    purity_k: int = Field(10, ge=2, le=100, description="top-activating samples per attribute for the purity figure")
+    activation_cache: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="auto: cache the tapped activations in memory when they fit max_cache_mb, else re-run "
+                            "the model on every mini-batch (stream); memory: fail when they do not fit")
     cache_dtype: Literal["float32", "float16"] = "float32"
     max_cache_mb: float = Field(4096.0, gt=0)
-    log_model: bool = Field(True, description="log the interpreter to the active MLflow run as a model")
+    log_model: bool = Field(True, description="log the interpreter as an MLflow model into the governance run "
+                            "(artifact interpreter_model/)")
     register_as: str | None = Field(None, description="also register the logged interpreter under this name")
 
     @field_validator("taus")
@@ -96,6 +110,9 @@ class FlintMethod(Method):
         why = super().can_explain(model=model, data=data)
         if why:
             return why
+        if getattr(model, "task", "classification") == "regression":
+            return (f"FLINT explains classifiers, but the model is a regressor ({model.task_reason}); pass "
+                    "--task classification if its one output is a binary logit")
         if not model.outputs_score_vector:
             return ("explains classifiers with one score per class, but the model's output has shape "
                     f"{list(model.output_spec.sample_shape)}")

@@ -1,27 +1,26 @@
-"""The post-hoc FLINT pipeline behind :class:`FlintMethod.explain`: sample, tap, cache, train, interpret,
-visualise, save."""
+"""The post-hoc FLINT pipeline behind :class:`FlintMethod.explain`: plan, read the frozen model's activations
+(cached, or streamed when the cache would not fit), train, evaluate against controls, visualise, save, log."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import time
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from governance.errors import MethodError
 from governance import Explanation, MethodContext
-from governance_plugins.interpreter import metrics as M
-from governance_plugins.interpreter.activations import (as_class_logits, build_cache, bytes_per_sample,
-                                                        choose_default_layers, probe_activations)
+from governance_plugins.interpreter.activations import (ActivationSource, StreamingActivations, build_cache,
+                                                        bytes_per_sample, choose_default_layers, output_transform,
+                                                        probe_activations)
 from governance_plugins.interpreter.losses import GatedWeight, LossSchedule
 from governance_plugins.interpreter.nets import FlintInterpreter, InterpreterSpec
-from governance_plugins.interpreter.training import evaluate, fit_posthoc, single_thread_if_small
-
-MODEL_FOLDER = "model"
-
+from governance_plugins.interpreter.training import (Evaluation, FitOptions, evaluate_source, fit_posthoc,
+                                                     single_thread_if_small)
 
 def state_digest(module: Any) -> str:
     """sha256 over every tensor of ``module.state_dict()`` (names, dtypes, shapes and raw bytes)."""
@@ -50,62 +49,156 @@ def split_indices(n: int, cfg: Any, rng: np.random.Generator) -> tuple[np.ndarra
     return np.sort(take[n_hold:]), np.sort(take[:n_hold])
 
 
-def input_kind(data: Any, X: np.ndarray) -> tuple[bool, float, float]:
-    image = data.modality == "image" and X.ndim == 4
-    return image, float(X.min()), float(X.max())
+@dataclass
+class Plan:
+    """Everything fixed before training: samples, taps, the interpreter's spec, how activations are read."""
+
+    X: np.ndarray  # the samples used, training rows first, then held-out rows
+    train_idx: np.ndarray  # dataset indices of the training rows
+    hold_idx: np.ndarray  # dataset indices of the held-out rows
+    image: bool
+    lo: float
+    hi: float
+    why_layers: str
+    spec: InterpreterSpec
+    fit: FitOptions
+    dtype: torch.dtype
+    streaming: bool  # True: the predictor is re-run on every mini-batch (the cache would not fit)
+    cache_mib: float  # what the cache needs (or holds)
+    labels_hold: np.ndarray | None  # true class indices of the held-out rows, when the data has them
+    device: torch.device
+    taus: tuple[float, ...]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_idx)
+
+    @property
+    def x(self) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.X)).float().to(self.device)
+
+    def step_floats(self) -> int:
+        s = self.spec
+        return self.fit.batch_size * (sum(math.prod(v) for v in s.layer_shapes) + math.prod(s.input_shape))
+
+
+@dataclass
+class Trained:
+    """One interpreter trained on one predictor's activations, with its held-out evaluation."""
+
+    interp: FlintInterpreter
+    history: list[dict[str, Any]]
+    ev: Evaluation
+    seconds: float
+    epoch_seconds: list[float]
+    forward_calls: int  # predictor forward passes spent on this training (cache pass or streaming)
 
 
 def run_posthoc(method: Any, ctx: MethodContext) -> Explanation:
-    cfg, model, data = ctx.config, ctx.model, ctx.data
-    X = model.check_input(data.X)
-    train_idx, hold_idx = split_indices(len(X), cfg, ctx.rng)
-    image, lo, hi = input_kind(data, X)
+    from governance_plugins.interpreter.assemble import PosthocResult, build_explanation
+    from governance_plugins.interpreter.controls import run_controls
+    from governance_plugins.interpreter.storage import save_and_log
 
-    ctx.progress(0.02, "choosing hidden layers")
-    layers, why_layers, shapes = resolve_taps(model, cfg, X[train_idx[:4]], image)
-    all_idx = np.concatenate([train_idx, hold_idx])
-    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
-    check_cache_size(layers, shapes, len(all_idx), dtype, cfg.max_cache_mb)
-
-    # one gradient-free pass over the frozen predictor; nothing after this calls it for training
-    module = model.torch_module()
+    plan = make_plan(ctx)
+    module = ctx.model.torch_module()
     digest_before = state_digest(module)
     t0 = time.perf_counter()
-    cache = build_cache(model, X[all_idx], layers, batch_size=model.default_batch_size, dtype=dtype,
-                        progress=lambda f: ctx.progress(0.05 + 0.15 * f, "caching hidden activations"))
-    timings = {"cache_seconds": time.perf_counter() - t0}
-    class_logits, output_transform = as_class_logits(cache.outputs)
-    spec = make_spec(cfg, model, data, X, layers, shapes, int(class_logits.shape[1]), output_transform, image, lo, hi)
+    source, transform, cache_seconds = read_activations(ctx.model, plan, ctx.progress)
+    plan.spec.output_transform = transform
+    main = train(plan, source, progress=lambda f, m: ctx.progress(0.2 + 0.45 * f, m))
+    timings = {"cache_seconds": cache_seconds, "train_seconds": main.seconds}
 
-    trained = train_interpreter(ctx, spec, cache, class_logits, X[all_idx], len(train_idx))
-    timings["train_seconds"] = trained["seconds"]
-    interp = trained["interp"]
-    hold_acts, hold_logits, hold_x = trained["holdout"]
-    ev = evaluate(interp, hold_acts, hold_logits.cpu(), hold_x, taus=cfg.taus)
+    ctx.progress(0.66, "controls")
+    t1 = time.perf_counter()
+    controls = run_controls(ctx, plan, source, main)
+    timings["controls_seconds"] = time.perf_counter() - t1
+    del source
 
     ctx.progress(0.82, "interpreting")
-    vis = visualise(ctx, interp, ev, X[hold_idx], image, lo, hi, shapes, trained["history"])
+    from governance_plugins.interpreter.presentation import visualise
+
+    vis = visualise(ctx, plan, main)
     if "am_seconds" in vis:
         timings["am_seconds"] = vis["am_seconds"]
-
     digest_after = state_digest(module)
     if digest_after != digest_before:  # a bug, never an input problem: fail loudly
         raise RuntimeError("the predictor's weights changed during post-hoc FLINT; results are void")
+    mlflow_model, warnings = save_and_log(method, ctx, main.interp, plan, main.ev)
+    timings["total_seconds"] = time.perf_counter() - t0
+    result = PosthocResult(plan=plan, main=main, controls=controls, vis=vis, timings=timings,
+                           mlflow_model=mlflow_model, warnings=warnings, digest=digest_after)
+    return build_explanation(method, ctx, result)
 
-    mlflow_model, warnings = save_and_log(method, ctx, interp, hold_acts, ev)
-    return _explanation(method, ctx, spec=spec, ev=ev, vis=vis, hold_idx=hold_idx, train_idx=train_idx,
-                        history=trained["history"], why_layers=why_layers, cache=cache, timings=timings,
-                        epoch_seconds=trained["epoch_seconds"], mlflow_model=mlflow_model, warnings=warnings,
-                        digest=digest_after, W=interp.W.cpu().numpy())
+
+def make_plan(ctx: MethodContext) -> Plan:
+    cfg, model, data = ctx.config, ctx.model, ctx.data
+    X = model.check_input(data.X)
+    train_idx, hold_idx = split_indices(len(X), cfg, ctx.rng)
+    kind = InputKind(data.modality == "image" and X.ndim == 4, float(X.min()), float(X.max()))
+    ctx.progress(0.02, "choosing hidden layers")
+    taps = resolve_taps(model, cfg, X[train_idx[:4]], kind.image)
+    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
+    all_idx = np.concatenate([train_idx, hold_idx])
+    need_mib = bytes_per_sample(taps.shapes, dtype) * len(all_idx) / 2**20
+    streaming, notes = cache_decision(cfg, taps.layers, len(all_idx), need_mib)
+    spec = make_spec(ctx, X, taps, kind)
+    fit = FitOptions(schedule=schedule_from(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                     seed=int(ctx.seed), min_steps_per_epoch=cfg.min_steps_per_epoch)
+    y = np.asarray(data.y) if data.y is not None else None
+    labels = y[hold_idx].astype(np.int64) if y is not None and y.ndim == 1 and _integral(y) else None
+    dev = torch.device(model.device if str(model.device).startswith("cuda") else "cpu")
+    return Plan(X=X[all_idx], train_idx=train_idx, hold_idx=hold_idx, image=kind.image, lo=kind.lo, hi=kind.hi,
+                why_layers=taps.why, spec=spec, fit=fit, dtype=dtype, streaming=streaming, cache_mib=need_mib,
+                labels_hold=labels, device=dev, taus=tuple(cfg.taus), notes=notes)
 
 
-def resolve_taps(model: Any, cfg: Any, x_probe: np.ndarray, image: bool) -> tuple[list[str], str, list[list[int]]]:
-    """The layers to tap (configured or the default choice), why, and each one's per-sample shape."""
+def _integral(y: np.ndarray) -> bool:
+    return np.issubdtype(y.dtype, np.integer) or bool(np.all(np.mod(y, 1) == 0))
+
+
+def cache_decision(cfg: Any, layers: list[str], n: int, need_mib: float) -> tuple[bool, list[str]]:
+    """Cache the activations in memory (one predictor pass in all) unless they do not fit ``max_cache_mb``;
+    then stream them (one predictor pass per sample per epoch) and say so."""
+    fits = need_mib <= cfg.max_cache_mb
+    if cfg.activation_cache == "memory" and not fits:
+        raise MethodError(
+            f"caching the activations of {', '.join(layers)} for {n} samples needs {need_mib:.0f} MiB, "
+            f"over max_cache_mb = {cfg.max_cache_mb:g}",
+            hint="set activation_cache: auto (streams instead), lower max_samples, tap smaller (later) layers, "
+                 "set cache_dtype: float16, or raise max_cache_mb")
+    if cfg.activation_cache == "stream":
+        return True, ["activations are streamed (activation_cache: stream): the model runs on every mini-batch"]
+    if not fits:
+        return True, [f"the activation cache would need {need_mib:.0f} MiB (over max_cache_mb = "
+                      f"{cfg.max_cache_mb:g}), so the model is re-run on every mini-batch instead: slower, same result"]
+    return False, []
+
+
+@dataclass(frozen=True)
+class InputKind:
+    image: bool  # (C, H, W) images
+    lo: float  # the data's range
+    hi: float
+
+
+@dataclass(frozen=True)
+class Taps:
+    """The layers read, why they were chosen, each one's per-sample shape, the model's outputs per sample."""
+
+    layers: list[str]
+    why: str
+    shapes: list[list[int]]
+    n_outputs: int
+
+
+def resolve_taps(model: Any, cfg: Any, x_probe: np.ndarray, image: bool) -> Taps:
+    """The layers to tap (configured or the default choice) and what they produce."""
     if cfg.layers:
         layers, why = list(dict.fromkeys(cfg.layers)), "layers given in the configuration"
     else:
         layers, why = choose_default_layers(model, x_probe, image)
-    _, probe = probe_activations(model, x_probe[:2], layers)  # raises MethodError listing layers if unknown
+    out, probe = probe_activations(model, x_probe[:2], layers)  # raises MethodError listing layers if unknown
     shapes = []
     for name in layers:
         a = probe.get(name)
@@ -113,45 +206,58 @@ def resolve_taps(model: Any, cfg: Any, x_probe: np.ndarray, image: bool) -> tupl
             raise MethodError(f"layer '{name}' does not produce a float tensor with a batch axis",
                               hint="tap a layer whose output is one (batch, ...) float tensor")
         shapes.append([int(d) for d in a.shape[1:]])
-    return layers, why, shapes
+    return Taps(layers, why, shapes, int(out.reshape(len(out), -1).shape[1]))
 
 
-def check_cache_size(layers: list[str], shapes: list[list[int]], n: int, dtype: torch.dtype, limit_mb: float) -> None:
-    need_mb = bytes_per_sample(shapes, dtype) * n / 2**20
-    if need_mb > limit_mb:
-        raise MethodError(
-            f"caching the activations of {', '.join(layers)} for {n} samples needs {need_mb:.0f} MiB, "
-            f"over max_cache_mb = {limit_mb:g}",
-            hint="lower max_samples, tap smaller (later) layers, set cache_dtype: float16, or raise max_cache_mb")
+def make_spec(ctx: MethodContext, X: np.ndarray, taps: Taps, kind: InputKind) -> InterpreterSpec:
+    from governance_plugins.interpreter.method import default_n_attributes
 
-
-def make_spec(cfg: Any, model: Any, data: Any, X: np.ndarray, layers: list[str], shapes: list[list[int]],
-              n_classes: int, output_transform: str, image: bool, lo: float, hi: float) -> InterpreterSpec:
+    cfg = ctx.config
+    n_classes = 2 if taps.n_outputs == 1 else taps.n_outputs  # one output column: a binary logit or probability
     if n_classes < 2:
         raise MethodError("FLINT explains classifiers; the model has a single output that is not a class score",
                           hint="use a classifier that outputs one score per class")
-    unit = lo >= 0 and hi <= 1
-    reconstruction = cfg.reconstruction if cfg.reconstruction != "auto" else ("l1" if image and not unit else "mse")
+    unit = kind.lo >= 0 and kind.hi <= 1
+    reconstruction = (cfg.reconstruction if cfg.reconstruction != "auto"
+                      else ("l1" if kind.image and not unit else "mse"))
     return InterpreterSpec(
-        layers=layers, layer_shapes=shapes, n_classes=n_classes, n_attributes=cfg.n_attributes or _default_J(n_classes),
-        input_shape=list(X.shape[1:]), modality="image" if image else "tabular",
-        decoder_output="relu" if unit else "linear", reconstruction=reconstruction, input_range=[lo, hi],
-        class_names=data.class_names, mode="post-hoc", source_model=model.info.uri,
-        output_transform=output_transform, attribute_activation=cfg.attribute_activation,
+        layers=taps.layers, layer_shapes=taps.shapes, n_classes=n_classes,
+        n_attributes=cfg.n_attributes or default_n_attributes(n_classes), input_shape=list(X.shape[1:]),
+        modality="image" if kind.image else "tabular", decoder_output="relu" if unit else "linear",
+        reconstruction=reconstruction, input_range=[kind.lo, kind.hi], class_names=ctx.data.class_names,
+        mode="post-hoc", source_model=ctx.model.info.uri, attribute_activation=cfg.attribute_activation,
     )
 
 
-def train_interpreter(ctx: MethodContext, spec: InterpreterSpec, cache: Any, class_logits: torch.Tensor,
-                      X: np.ndarray, n_train: int) -> dict[str, Any]:
-    """Train (Ψ, h, d) on the first ``n_train`` cached rows, evaluating on the rest after each epoch."""
-    cfg, model = ctx.config, ctx.model
-    dev = _device(model)
-    tr, ho = torch.arange(n_train), torch.arange(n_train, len(X))
-    x_all = torch.from_numpy(np.ascontiguousarray(X)).float().to(dev)
-    acts = [a.to(dev) for a in cache.acts]
-    logits = class_logits.to(dev)
-    holdout = ([a[ho] for a in acts], logits[ho], x_all[ho])
-    train_cache = type(cache)([a[tr] for a in acts], cache.outputs[tr], cache.layers, 0)
+def read_activations(model: Any, plan: Plan, progress: Callable[[float, str], None],
+                     transform: str | None = None) -> tuple[ActivationSource, str, float]:
+    """The activation source over ``plan.X`` (cached in one gradient-free pass, or streamed), how the model's
+    outputs become class logits (decided here unless given), and the seconds the cache pass took."""
+    t0 = time.perf_counter()
+    if plan.streaming:
+        if transform is None:
+            probe = build_cache(model, plan.X[:256], plan.spec.layers, batch_size=256)
+            transform = output_transform(probe.outputs)
+        return StreamingActivations(model, plan.X, plan.spec.layers, transform), transform, 0.0
+    cache = build_cache(model, plan.X, plan.spec.layers, batch_size=model.default_batch_size, dtype=plan.dtype,
+                        progress=lambda f: progress(0.05 + 0.15 * f, "caching hidden activations"))
+    transform = transform or output_transform(cache.outputs)
+    cache.with_class_logits(transform)
+    if plan.device.type != "cpu":
+        cache.acts = [a.to(plan.device) for a in cache.acts]
+        cache.class_logits = cache.class_logits.to(plan.device)
+    return cache, transform, time.perf_counter() - t0
+
+
+def train(plan: Plan, source: ActivationSource, *, seed: int | None = None, targets: ActivationSource | None = None,
+          progress: Callable[[float, str], None] | None = None) -> Trained:
+    """Train an interpreter on the training rows of ``source`` (or of ``targets``, a source with other class
+    logits: the permuted-target control) and evaluate it on the held-out rows of ``source``.
+
+    ``seed`` seeds the initialisation and the mini-batch order (default: the run's seed)."""
+    seed = plan.fit.seed if seed is None else int(seed)
+    n_tr, x = plan.n_train, plan.x
+    train_src, hold_src = (targets or source).rows(0, n_tr), source.rows(n_tr, len(plan.X))
     epoch_seconds: list[float] = []
     last = [time.perf_counter()]
 
@@ -159,251 +265,19 @@ def train_interpreter(ctx: MethodContext, spec: InterpreterSpec, cache: Any, cla
         now = time.perf_counter()
         epoch_seconds.append(now - last[0])
         last[0] = now
-        ctx.progress(0.2 + 0.6 * epoch / cfg.epochs, f"epoch {epoch}/{cfg.epochs}: fidelity {record['fidelity']:.3f}")
+        if progress is not None:
+            progress(epoch / plan.fit.epochs, f"epoch {epoch}/{plan.fit.epochs}: fidelity {record['fidelity']:.3f}")
 
-    step_floats = cfg.batch_size * (sum(math.prod(s) for s in spec.layer_shapes) + math.prod(spec.input_shape))
-    with torch.random.fork_rng(devices=[]), single_thread_if_small(step_floats if dev.type == "cpu" else 1 << 40):
-        torch.manual_seed(int(ctx.seed))
-        interp = FlintInterpreter(spec).to(dev)
+    options = replace(plan.fit, seed=seed, on_epoch=on_epoch)
+    # one intra-op thread for tiny steps on the CPU, unless every step also runs the model (streaming)
+    small = plan.step_floats() if plan.device.type == "cpu" and not plan.streaming else 1 << 40
+    with torch.random.fork_rng(devices=[]), single_thread_if_small(small):
+        torch.manual_seed(seed)
+        interp = FlintInterpreter(plan.spec).to(plan.device)
         t0 = last[0] = time.perf_counter()
-        history = fit_posthoc(interp, train_cache, logits[tr], x_all[tr], schedule=schedule_from(cfg),
-                              epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                              generator=torch.Generator().manual_seed(int(ctx.seed)), holdout=holdout,
-                              min_steps_per_epoch=cfg.min_steps_per_epoch, on_epoch=on_epoch)
+        history = fit_posthoc(interp, train_src, x[:n_tr], options, holdout=(hold_src, x[n_tr:]))
         seconds = time.perf_counter() - t0
-    return {"interp": interp, "history": history, "epoch_seconds": epoch_seconds, "seconds": seconds,
-            "holdout": holdout}
-
-
-def visualise(ctx: MethodContext, interp: FlintInterpreter, ev: Any, X_hold: np.ndarray, image: bool, lo: float,
-              hi: float, shapes: list[list[int]], history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Global relevance, relevant pairs, MAS, local interpretations, AM+PI and their figures."""
-    from governance_plugins.interpreter import visualise as V
-
-    cfg, data = ctx.config, ctx.data
-    names = data.class_names
-    n_classes = interp.spec.n_classes
-    R = M.global_relevance(ev.relevances, ev.g_pred, n_classes)
-    pairs = M.relevant_pairs(R, cfg.relevance_threshold)
-    pairs_note = None
-    if not pairs:
-        pairs = [(c, int(np.nanargmax(R[c])), float(np.nanmax(R[c]))) for c in range(n_classes)
-                 if np.isfinite(R[c]).any() and np.nanmax(R[c]) > 0]
-        pairs_note = (f"no class-attribute relevance exceeds {cfg.relevance_threshold:g}; the most relevant "
-                      "attribute of each class is shown instead")
-    pairs = pairs[: cfg.max_pairs]
-    mas = V.max_activating(ev.phi, ev.g_pred, pairs, cfg.mas_per_pair)
-    disagree = np.nonzero(ev.g_pred != ev.f_pred)[0]
-    local_rows = _local_rows(len(X_hold), disagree, cfg.n_local)
-    out: dict[str, Any] = {"R": R, "pairs": pairs, "pairs_note": pairs_note, "mas": mas, "disagree": disagree,
-                           "local_rows": local_rows, "am": None, "am_settings": None, "am_pairs": [],
-                           "am_skipped": []}
-    figures = out["figures"] = {}
-    figures["global_relevance"] = ctx.save_figure(V.plot_global_relevance(R, names, cfg.relevance_threshold),
-                                                  "global_relevance")
-    if len(local_rows):
-        figures["local"] = ctx.save_figure(
-            V.plot_local(X_hold[local_rows] if image else None, ev.relevances[local_rows], ev.f_pred[local_rows],
-                         ev.g_pred[local_rows], names, lo, hi), "local")
-    if pairs and image:
-        figures["mas"] = ctx.save_figure(V.plot_mas(X_hold, mas, pairs, names, lo, hi), "mas")
-    elif pairs:
-        attrs = list(dict.fromkeys(j for _, j, _ in pairs))
-        figures["profiles"] = ctx.save_figure(V.plot_profiles(X_hold, ev.phi, attrs, data.feature_names), "profiles")
-    figures["training"] = ctx.save_figure(V.plot_training(history, ev.cns), "training")
-
-    if image and cfg.am_pairs > 0 and pairs:
-        ctx.progress(0.88, "activation maximisation")
-        settings = V.AMSettings.for_range(lo, hi, rounds=cfg.am_rounds, steps=cfg.am_steps, lr=cfg.am_lr,
-                                          clamp=cfg.am_clamp)
-        t0 = time.perf_counter()
-        floats = cfg.am_pairs * (sum(math.prod(s) for s in shapes) + math.prod(X_hold.shape[1:]))
-        with single_thread_if_small(floats if _device(ctx.model).type == "cpu" else 1 << 40):
-            starts, kept, skipped = V.live_starts(ctx.model, interp, X_hold, mas, pairs[: cfg.am_pairs],
-                                                  settings.kappa)
-            am = (V.activation_maximisation(ctx.model, interp, X_hold[starts], [j for _, j, _ in kept], settings)
-                  if kept else None)
-        out.update(am=am, am_settings=settings, am_pairs=kept, am_skipped=skipped,
-                   am_seconds=time.perf_counter() - t0)
-        if am is not None:
-            figures["am"] = ctx.save_figure(V.plot_am(am, kept, names, lo, hi), "am")
-    return out
-
-
-def save_and_log(method: Any, ctx: MethodContext, interp: FlintInterpreter, example_acts: list[torch.Tensor],
-                 ev: Any) -> tuple[dict[str, Any], list[str]]:
-    """Save the interpreter in the method's folder (the host logs it) and, inside an active MLflow run, log
-    it as a model of its own."""
-    from governance_plugins.interpreter.storage import log_to_mlflow, save_interpreter
-
-    cfg = ctx.config
-    folder = save_interpreter(interp, ctx.workdir / MODEL_FOLDER, extra={
-        "method": method.name, "method_version": method.version, "seed": int(ctx.seed),
-        "config": cfg.model_dump(), "fidelity": ev.metrics["fidelity"]})
-    warnings: list[str] = []
-    if cfg.log_model:
-        try:
-            info = log_to_mlflow(interp, example_acts, folder, name="interpreter", registered_model_name=cfg.register_as,
-                                 tags={"governance.interprets": ctx.model.info.uri})
-        except Exception as exc:  # the interpretations stand; only the extra MLflow copy is missing
-            info = {"logged": False, "reason": f"{type(exc).__name__}: {exc}"}
-            warnings.append(f"the interpreter could not be logged as an MLflow model: {type(exc).__name__}: {exc}")
-    else:
-        info = {"logged": False, "reason": "log_model is off"}
-    info.update({"files": f"{MODEL_FOLDER}/interpreter.json, {MODEL_FOLDER}/interpreter.pt",
-                 "reload": "governance_plugins.interpreter.load_interpreter(<folder>)"})
-    return info, warnings
-
-
-def _device(model: Any) -> torch.device:
-    return torch.device(model.device if str(model.device).startswith("cuda") else "cpu")
-
-
-def _default_J(n_classes: int) -> int:
-    from governance_plugins.interpreter.method import default_n_attributes
-
-    return default_n_attributes(n_classes)
-
-
-def _local_rows(n: int, disagree: np.ndarray, k: int) -> np.ndarray:
-    """The first ``k`` held-out samples, with one disagreement among them when there is one."""
-    rows = list(range(min(n, k)))
-    if k and len(disagree) and not set(rows) & set(disagree.tolist()):
-        rows[-1] = int(disagree[0])
-    return np.asarray(sorted(set(rows)), dtype=np.int64)
-
-
-def _label(c: int, names: list[str] | None) -> str:
-    return str(names[c]) if names and c < len(names) else str(c)
-
-
-def _explanation(method: Any, ctx: MethodContext, *, spec: InterpreterSpec, ev: Any, vis: dict[str, Any],
-                 hold_idx: np.ndarray, train_idx: np.ndarray, history: list, why_layers: str, cache: Any,
-                 timings: dict, epoch_seconds: list, mlflow_model: dict, warnings: list, digest: str,
-                 W: np.ndarray) -> Explanation:
-    R, pairs, mas, disagree, local_rows = vis["R"], vis["pairs"], vis["mas"], vis["disagree"], vis["local_rows"]
-    am, am_settings, am_pairs, am_skipped = vis["am"], vis["am_settings"], vis["am_pairs"], vis["am_skipped"]
-    pairs_note, figures = vis["pairs_note"], vis["figures"]
-    cfg, data = ctx.config, ctx.data
-    names = data.class_names
-    J, C = spec.n_attributes, spec.n_classes
-    metrics: dict[str, float] = {k: float(v) for k, v in ev.metrics.items()}
-    for tau, v in ev.cns.items():
-        metrics[f"cns_g_tau_{tau:g}"] = float(v)
-    metrics["n_attributes"] = float(J)
-    metrics["n_disagreements"] = float(len(disagree))
-    metrics["n_heldout"] = float(len(hold_idx))
-    metrics["n_relevant_pairs"] = float(len(M.relevant_pairs(R, cfg.relevance_threshold)))
-    metrics["cache_seconds"] = float(timings["cache_seconds"])
-    metrics["train_seconds_per_epoch"] = float(np.mean(epoch_seconds)) if epoch_seconds else float("nan")
-    metrics["predictor_forward_calls"] = float(cache.forward_calls)
-    y_all = np.asarray(data.y) if data.y is not None else None
-    if y_all is not None and y_all.ndim == 1 and np.issubdtype(y_all.dtype, np.integer):  # class indices only
-        y = y_all[hold_idx]
-        metrics["accuracy_predictor"] = float((ev.f_pred == y).mean())
-        metrics["accuracy_interpreter"] = float((ev.g_pred == y).mean())
-    if am is not None:
-        metrics["am_outside_fraction"] = float(np.mean(am["outside_fraction"]))
-
-    tau2 = ev.cns.get(2.0)
-    fid = ev.metrics["fidelity"]
-    summary = (f"A FLINT interpreter with {J} attributes read from {', '.join(spec.layers)} was trained on the frozen "
-               f"model and reproduces its decisions on {fid:.1%} of {len(hold_idx)} held-out inputs")
-    summary += f"; a decision is explained by {tau2:.2f} attributes on average (CNS_g(2))." if tau2 is not None else "."
-
-    findings = [f"Fidelity: the interpreter agrees with the model on {fid:.1%} of held-out inputs "
-                f"({len(disagree)} disagreement{'s' if len(disagree) != 1 else ''})."]
-    if tau2 is not None:
-        findings.append(f"Conciseness: {tau2:.2f} of {J} attributes have relevance above 0.5 in a typical decision.")
-    by_class: dict[int, list[tuple[int, float]]] = {}
-    for c, j, r in M.relevant_pairs(R, cfg.relevance_threshold):
-        by_class.setdefault(c, []).append((j, r))
-    for c in sorted(by_class, key=lambda c: -max(r for _, r in by_class[c]))[:5]:
-        tops = ", ".join(f"φ{j} ({r:.2f})" for j, r in sorted(by_class[c], key=lambda t: -t[1])[:3])
-        findings.append(f"Class {_label(c, names)} is explained mainly by {tops}.")
-    dead = M.dead_attributes(ev.phi)
-    if len(dead):
-        warnings.append(f"{len(dead)} of {J} attributes are never active on held-out data (dead attributes: "
-                        f"{', '.join(map(str, dead[:12]))}{'…' if len(dead) > 12 else ''}).")
-    if fid < 0.9:
-        warnings.append(f"fidelity is only {fid:.1%}: the interpretations describe a model that often decides "
-                        "differently from the audited one; train longer (epochs) or with a larger lr.")
-    if pairs_note:
-        warnings.append(pairs_note)
-    if spec.output_transform != "logits":
-        warnings.append(f"the model's outputs were read as {spec.output_transform}.")
-    if am is not None and not am_settings.clamp:
-        out = float(np.mean(am["outside_fraction"]))
-        if out > 0.05:
-            warnings.append(f"{out:.0%} of activation-maximisation pixels lie outside the data range "
-                            f"[{am_settings.lo:g}, {am_settings.hi:g}] (shown clipped); set am_clamp to keep them inside.")
-
-    ds_index = lambda rows: [int(hold_idx[r]) for r in rows]  # noqa: E731  (held-out row -> dataset index)
-    pair_rows = [{"class": _label(c, names), "class_index": c, "attribute": j, "relevance": round(r, 4),
-                  "max_activating_samples": [int(hold_idx[i]) for i in mas[k] if i >= 0]}
-                 for k, (c, j, r) in enumerate(pairs)]
-    top = M.top_attributes(ev.relevances, 3)
-    local_table = [{"sample": int(hold_idx[i]), "predictor": _label(ev.f_pred[i], names),
-                    "interpreter": _label(ev.g_pred[i], names), "agree": bool(ev.f_pred[i] == ev.g_pred[i]),
-                    "top_attributes": ", ".join(f"φ{j} ({ev.relevances[i, j]:.2f})" for j in top[i])}
-                   for i in local_rows]
-    disagreements = [{"sample": int(hold_idx[i]), "predictor": _label(ev.f_pred[i], names),
-                      "interpreter": _label(ev.g_pred[i], names),
-                      "top_attributes": ", ".join(f"φ{j}" for j in top[i])} for i in disagree[:20]]
-    cns_rows = [{"tau": t, "threshold": round(1 / t, 4), "cns_g": round(v, 4)} for t, v in ev.cns.items()]
-    history_rows = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in h.items()} for h in history]
-
-    arrays: dict[str, np.ndarray] = {
-        "global_relevance": R.astype(np.float32),
-        "local_relevances": ev.relevances.astype(np.float32),
-        "attributes": ev.phi.astype(np.float32),
-        "W": W.astype(np.float32),
-        "heldout_indices": hold_idx.astype(np.int64),
-        "predictor_class": ev.f_pred.astype(np.int64),
-        "interpreter_class": ev.g_pred.astype(np.int64),
-        "interpreter_logits": ev.g_logits.astype(np.float32),
-        "disagreements": hold_idx[disagree].astype(np.int64),
-        "cns_taus": np.asarray(list(ev.cns), dtype=np.float32),
-        "cns_values": np.asarray(list(ev.cns.values()), dtype=np.float32),
-        "pairs": np.asarray([(c, j) for c, j, _ in pairs], dtype=np.int64).reshape(-1, 2),
-        "mas_indices": np.where(mas >= 0, hold_idx[np.clip(mas, 0, None)], -1).astype(np.int64),
-    }
-    if am is not None:
-        arrays["am_images"] = am["images"].astype(np.float32)
-        arrays["am_phi_before"] = am["phi_before"].astype(np.float32)
-        arrays["am_phi_after"] = am["phi_after"].astype(np.float32)
-
-    details = {
-        "mode": "post-hoc",
-        "layers": spec.layers,
-        "layer_shapes": spec.layer_shapes,
-        "layer_choice": why_layers,
-        "n_attributes": J,
-        "n_classes": C,
-        "class_names": names,
-        "n_train": int(len(train_idx)),
-        "n_heldout": int(len(hold_idx)),
-        "relevance_variant": "paper: r_j = α_j / max_i |α_i|, α_j = φ_j · W[j, ŷ] (bias ignored), ŷ = interpreter's class",
-        "relevance_threshold": cfg.relevance_threshold,
-        "reconstruction": spec.reconstruction,
-        "decoder_output": spec.decoder_output,
-        "output_transform": spec.output_transform,
-        "schedule": schedule_from(cfg).to_dict(),
-        "predictor_sha256": digest,
-        "predictor_unchanged": True,
-        "predictor_forward_calls": cache.forward_calls,
-        "cache_mib": round(cache.nbytes / 2**20, 3),
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-        "epoch_seconds": [round(s, 4) for s in epoch_seconds],
-        "mlflow_model": mlflow_model,
-        "am_settings": am_settings.to_dict() if am_settings is not None else None,
-        "am_pairs": [{"class": _label(c, names), "attribute": j} for c, j, _ in am_pairs] if am is not None else [],
-        "am_skipped": [{"class": _label(c, names), "attribute": j,
-                        "reason": "attribute not active at κ·x for any maximum-activating sample"}
-                       for c, j, _ in am_skipped],
-        "dead_attributes": [int(j) for j in dead],
-    }
-    tables = {"pairs": pair_rows, "local": local_table, "disagreements": disagreements, "cns": cns_rows,
-              "history": history_rows}
-    return Explanation(method=method.name, summary=summary, metrics=metrics, arrays=arrays, figures=figures,
-                       tables=tables, details=details, findings=findings, warnings=warnings)
+        ev = evaluate_source(interp, hold_src, x[n_tr:], taus=plan.taus)
+    calls = (train_src.forward_calls + hold_src.forward_calls if isinstance(source, StreamingActivations)
+             else source.forward_calls)
+    return Trained(interp, history, ev, seconds, epoch_seconds, calls)

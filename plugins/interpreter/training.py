@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from governance_plugins.interpreter import metrics as M
-from governance_plugins.interpreter.activations import ActivationCache
+from governance_plugins.interpreter.activations import ActivationCache, ActivationSource
 from governance_plugins.interpreter.losses import LossSchedule, interpreter_loss
 from governance_plugins.interpreter.nets import FlintInterpreter
 
@@ -41,6 +41,25 @@ def single_thread_if_small(floats_per_step: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@dataclass(frozen=True)
+class FitOptions:
+    """How an interpreter is trained: the loss weights and gates, the optimiser and the epochs (A2.3, A2.6).
+
+    ``min_steps_per_epoch`` repeats passes over a small dataset within an epoch until that many optimiser steps;
+    ``seed`` seeds the mini-batch order (callers seed the initialisation)."""
+
+    schedule: LossSchedule = field(default_factory=LossSchedule)
+    epochs: int = 12
+    batch_size: int = 16
+    lr: float = 1e-4
+    seed: int = 0
+    min_steps_per_epoch: int = 0
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(int(self.seed))
+
+
 @dataclass
 class Evaluation:
     """The interpreter on held-out samples: its outputs, the interpretations and the metrics."""
@@ -53,38 +72,50 @@ class Evaluation:
     f_pred: np.ndarray
     reconstruction_error: float
     metrics: dict[str, float] = field(default_factory=dict)
-    cns: dict[float, float] = field(default_factory=dict)
+    conciseness: dict[float, M.Conciseness] = field(default_factory=dict)
+
+    @property
+    def cns(self) -> dict[float, float]:
+        """``CNS_g(τ)`` per τ (over the samples with at least one relevant attribute)."""
+        return {t: c.mean for t, c in self.conciseness.items()}
 
 
 @torch.no_grad()
 def evaluate(interp: FlintInterpreter, acts: Sequence[torch.Tensor], f_logits: torch.Tensor, x: torch.Tensor,
              *, taus: Sequence[float] = M.DEFAULT_TAUS, batch_size: int = 1024) -> Evaluation:
     """Fidelity, conciseness, reconstruction error and relevances on held-out data (interpreter in eval mode)."""
+    source = ActivationCache(list(acts), f_logits, [], 0, f_logits)
+    return evaluate_source(interp, source, x, taus=taus, batch_size=batch_size)
+
+
+@torch.no_grad()
+def evaluate_source(interp: FlintInterpreter, source: ActivationSource, x: torch.Tensor, *,
+                    taus: Sequence[float] = M.DEFAULT_TAUS, batch_size: int = 1024) -> Evaluation:
+    """:func:`evaluate` on every row of an activation source (cached or streamed), in batches."""
     was_training = interp.training
     interp.eval()
-    g_parts, phi_parts, err, n = [], [], 0.0, len(f_logits)
+    g_parts, phi_parts, f_parts, err, n = [], [], [], 0.0, len(source)
     for s in range(0, n, batch_size):
-        sl = slice(s, s + batch_size)
-        g, phi = interp([a[sl].float() for a in acts])
-        x_hat = interp.decode(phi)
-        diff = x_hat - x[sl]
+        idx = torch.arange(s, min(n, s + batch_size))
+        acts, f_batch = source.batch(idx)
+        g, phi = interp([a.float() for a in acts])
+        diff = interp.decode(phi) - x[s : s + len(idx)]
         err += float((diff.abs() if interp.spec.reconstruction == "l1" else diff**2).mean()) * len(phi)
         g_parts.append(g)
         phi_parts.append(phi)
+        f_parts.append(f_batch)
     interp.train(was_training)
     g = torch.cat(g_parts).cpu().numpy().astype(np.float64)
     phi = torch.cat(phi_parts).cpu().numpy().astype(np.float64)
-    f = f_logits.detach().cpu().numpy().astype(np.float64)
+    f = torch.cat(f_parts).detach().cpu().numpy().astype(np.float64)
     g_pred = g.argmax(1)
     r = M.relevances(M.contributions(phi, interp.W.cpu().numpy(), g_pred), "paper")
-    cns = M.conciseness_curve(r, taus)
-    C = g.shape[1]
     mets = {"fidelity": M.fidelity(g, f, 1), "reconstruction_error": err / max(n, 1),
             "dead_attribute_fraction": len(M.dead_attributes(phi)) / phi.shape[1],
             "mean_attribute": float(np.abs(phi).mean())}
-    if C > 5:
+    if g.shape[1] > 5:
         mets["fidelity_top5"] = M.fidelity(g, f, 5)
-    return Evaluation(g, f, phi, r, g_pred, f.argmax(1), err / max(n, 1), mets, cns)
+    return Evaluation(g, f, phi, r, g_pred, f.argmax(1), err / max(n, 1), mets, M.conciseness_curve(r, taus))
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator, min_steps: int = 0) -> list[torch.Tensor]:
@@ -99,37 +130,30 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, min_steps: int
     return out
 
 
-def fit_posthoc(
-    interp: FlintInterpreter,
-    cache: ActivationCache,
-    class_logits: torch.Tensor,
-    x: torch.Tensor,
-    *,
-    schedule: LossSchedule,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    generator: torch.Generator,
-    holdout: tuple[Sequence[torch.Tensor], torch.Tensor, torch.Tensor] | None = None,
-    min_steps_per_epoch: int = 0,
-    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Train (Ψ, h, d) against the frozen predictor's cached activations and logits: no predictor call.
+def _epoch_record(epoch: int, w: dict[str, float], sums: dict[str, float], n_batches: int) -> dict[str, Any]:
+    return {"epoch": epoch, **{f"w_{k}": v for k, v in w.items()}, **{k: v / n_batches for k, v in sums.items()}}
 
-    ``holdout`` = (acts, class logits, x) evaluated after each epoch. Returns one record per epoch
-    (weights in force, mean loss terms, held-out fidelity and CNS_g)."""
-    opt = torch.optim.Adam(interp.parameters(), lr=lr)
+
+def fit_posthoc(interp: FlintInterpreter, source: ActivationSource, x: torch.Tensor, options: FitOptions, *,
+                holdout: tuple[ActivationSource, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """Train (Ψ, h, d) against the frozen predictor's activations and class logits (``source``, cached or
+    streamed) on inputs ``x`` (same rows), to imitate the predictor: no labels.
+
+    ``holdout`` = (source, x) evaluated after each epoch. Returns one record per epoch (weights in force, mean
+    loss terms, held-out fidelity and CNS_g)."""
+    opt = torch.optim.Adam(interp.parameters(), lr=options.lr)
+    generator = options.generator()
     history: list[dict[str, Any]] = []
-    n = len(class_logits)
-    for epoch in range(1, epochs + 1):
-        w = schedule.at(epoch)
+    for epoch in range(1, options.epochs + 1):
+        w = options.schedule.at(epoch)
         interp.train()
         sums: dict[str, float] = {}
-        batches = _batches(n, batch_size, generator, min_steps_per_epoch)
+        batches = _batches(len(source), options.batch_size, generator, options.min_steps_per_epoch)
         for idx in batches:
-            g, phi = interp(cache.batch(idx))
+            acts, f_logits = source.batch(idx)
+            g, phi = interp(acts)
             x_hat = interp.decode(phi) if w["gamma"] > 0 else None
-            loss, terms = interpreter_loss(w, g_logits=g, f_logits=class_logits[idx], phi=phi, x_hat=x_hat,
+            loss, terms = interpreter_loss(w, g_logits=g, f_logits=f_logits, phi=phi, x_hat=x_hat,
                                            x=x[idx], reconstruction=interp.spec.reconstruction)
             opt.zero_grad(set_to_none=True)
             if loss.requires_grad:
@@ -137,15 +161,14 @@ def fit_posthoc(
                 opt.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
-        record: dict[str, Any] = {"epoch": epoch, **{f"w_{k}": v for k, v in w.items()},
-                                  **{k: v / len(batches) for k, v in sums.items()}}
+        record = _epoch_record(epoch, w, sums, len(batches))
         if holdout is not None:
-            ev = evaluate(interp, holdout[0], holdout[1], holdout[2])
-            record.update({"fidelity": ev.metrics["fidelity"], "cns_g_2": ev.cns.get(2.0, M.conciseness(ev.relevances, 2.0)),
+            ev = evaluate_source(interp, holdout[0], holdout[1])
+            record.update({"fidelity": ev.metrics["fidelity"], "cns_g_2": ev.cns.get(2.0),
                            "dead_attribute_fraction": ev.metrics["dead_attribute_fraction"]})
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(epoch, record)
+        if options.on_epoch is not None:
+            options.on_epoch(epoch, record)
     interp.eval()
     return history
 
@@ -175,35 +198,22 @@ class LayerTaps:
         return out, [self.acts[l] for l in self.layers]
 
 
-def fit_joint(
-    predictor: nn.Module,
-    taps: LayerTaps,
-    interp: FlintInterpreter,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    schedule: LossSchedule,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    generator: torch.Generator,
-    evaluate_fn: Callable[[], dict[str, Any]] | None = None,
-    min_steps_per_epoch: int = 0,
-    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
+def fit_joint(predictor: nn.Module, taps: LayerTaps, interp: FlintInterpreter, x: torch.Tensor, y: torch.Tensor,
+              options: FitOptions, *, evaluate_fn: Callable[[], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Train predictor and interpreter together: ``L_pred + β·L_of + γ·L_if + δ·L_cd + λ_spa·L_sp``.
 
     ``L_of`` uses the predictor's logits as a detached target, so it reaches the predictor only through Ψ
     and the tapped layers (oracle O-F5). The predictor is in training mode, as in the reference loop."""
     params = list(predictor.parameters()) + list(interp.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=options.lr)
+    generator = options.generator()
     history: list[dict[str, Any]] = []
-    for epoch in range(1, epochs + 1):
-        w = schedule.at(epoch)
+    for epoch in range(1, options.epochs + 1):
+        w = options.schedule.at(epoch)
         predictor.train()
         interp.train()
         sums: dict[str, float] = {}
-        batches = _batches(len(x), batch_size, generator, min_steps_per_epoch)
+        batches = _batches(len(x), options.batch_size, generator, options.min_steps_per_epoch)
         for idx in batches:
             xb = x[idx]
             f_logits, acts = taps(xb)
@@ -221,11 +231,10 @@ def fit_joint(
                 sums[k] = sums.get(k, 0.0) + v
         predictor.eval()
         interp.eval()
-        record: dict[str, Any] = {"epoch": epoch, **{f"w_{k}": v for k, v in w.items()},
-                                  **{k: v / len(batches) for k, v in sums.items()}}
+        record = _epoch_record(epoch, w, sums, len(batches))
         if evaluate_fn is not None:
             record.update(evaluate_fn())
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(epoch, record)
+        if options.on_epoch is not None:
+            options.on_epoch(epoch, record)
     return history

@@ -130,13 +130,13 @@ def live_starts(model: Any, interp: Any, X: np.ndarray, mas: np.ndarray, pairs: 
     return np.asarray(starts, dtype=np.int64), kept, skipped
 
 
-def max_activating(phi: np.ndarray, pred: np.ndarray, pairs: Sequence[tuple[int, int, float]], k: int = 3) -> np.ndarray:
-    """For each (class c, attribute j) pair, the indices of the ``k`` samples assigned to c with the largest
-    φ_j (fewer when the class has fewer samples; padded with −1)."""
-    out = np.full((len(pairs), k), -1, dtype=np.int64)
-    for row, (c, j, _) in enumerate(pairs):
-        members = np.nonzero(pred == c)[0]
-        best = members[np.argsort(-phi[members, j], kind="stable")[:k]]
+def max_activating(phi: np.ndarray, attributes: Sequence[int], k: int = 3) -> np.ndarray:
+    """For each attribute, the indices of the ``k`` samples with the largest φ_j, searched over **all** samples
+    (every class): an attribute shared by several classes then shows samples of each (padded with −1 when there
+    are fewer than ``k`` samples)."""
+    out = np.full((len(attributes), k), -1, dtype=np.int64)
+    for row, j in enumerate(attributes):
+        best = np.argsort(-phi[:, j], kind="stable")[:k]
         out[row, : len(best)] = best
     return out
 
@@ -207,21 +207,29 @@ def plot_local(samples: np.ndarray | None, r: np.ndarray, f_pred: np.ndarray, g_
 
 
 def plot_mas(images: np.ndarray, mas: np.ndarray, pairs: Sequence[tuple[int, int, float]],
-             class_names: Sequence[str] | None, lo: float, hi: float) -> Any:
-    """Image grid: one row per (class, attribute) pair, its maximum-activating samples."""
+             class_names: Sequence[str] | None, lo: float, hi: float, model_class: np.ndarray,
+             labels: np.ndarray | None = None) -> Any:
+    """Image grid: one row per (class, attribute) pair with the attribute's maximum-activating samples over all
+    classes, each captioned with the model's class (and the true label when known)."""
     plt = pyplot()
     rows, k = mas.shape
-    fig, axes = plt.subplots(rows, k, figsize=(0.9 * k + 1.6, 0.95 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, k, figsize=(0.95 * k + 1.6, 1.1 * rows + 0.4), squeeze=False)
     for r_i, (c, j, rel) in enumerate(pairs):
         for col in range(k):
             ax = axes[r_i, col]
-            if mas[r_i, col] >= 0:
-                _show(ax, images[mas[r_i, col]], lo, hi)
-            else:
+            i = mas[r_i, col]
+            if i < 0:
                 ax.axis("off")
+                continue
+            _show(ax, images[i], lo, hi)
+            text = f"f: {_class_label(int(model_class[i]), class_names)}"
+            if labels is not None:
+                text += f" y: {_class_label(int(labels[i]), class_names)}"
+            ax.set_xlabel(text, fontsize=5, color="black" if model_class[i] == c else "#c0392b", labelpad=1)
         axes[r_i, 0].set_ylabel(f"c={_class_label(c, class_names)}\nφ{j} ({rel:.2f})", fontsize=7, rotation=0,
                                 ha="right", va="center")
-    fig.suptitle("Maximum-activating samples per relevant (class, attribute) pair", fontsize=9)
+    fig.suptitle("Maximum-activating samples of each relevant attribute, over all classes\n"
+                 "(f: the model's class, red when it is not the row's class)", fontsize=8)
     return fig
 
 

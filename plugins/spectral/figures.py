@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,16 +32,25 @@ def spectrum_figure(spectrum: np.ndarray, trunc_test: np.ndarray, trunc_data: np
     ax1.set_ylabel("energy $E_k = \\sum c_\\alpha^2\\gamma_\\alpha$")
     ax1.set_title("Spectrum: output variance per degree")
     ax1.legend(fontsize=7, frameon=False)
-    ax2.plot(degrees, trunc_test[shown].mean(axis=0), marker="o", label="held-out box points")
-    ax2.plot(degrees, trunc_data[shown].mean(axis=0), marker="s", label="dataset rows")
+    curves = [_nanmean_columns(trunc_test[shown]), _nanmean_columns(trunc_data[shown])]
+    ax2.plot(degrees, curves[0], marker="o", label="held-out box points")
+    ax2.plot(degrees, curves[1], marker="s", label="dataset rows")
     ax2.set_xticks(degrees)
-    ax2.set_ylim(min(0.0, float(np.nanmin([trunc_test[shown].mean(axis=0), trunc_data[shown].mean(axis=0)]))), 1.02)
+    finite = np.concatenate(curves)[np.isfinite(np.concatenate(curves))]
+    ax2.set_ylim(min(0.0, float(finite.min())) if len(finite) else 0.0, 1.02)
     ax2.set_xlabel("truncation degree (terms of degree ≤ k)")
     ax2.set_ylabel("R² vs. network")
     ax2.set_title("Fidelity of truncated surrogates")
     ax2.legend(fontsize=7, frameon=False, loc="lower right")
     ax2.grid(alpha=0.3)
     return fig
+
+
+def _nanmean_columns(a: np.ndarray) -> np.ndarray:
+    """Column means over the defined entries (nan where none is): R² is undefined for constant outputs."""
+    finite = np.isfinite(a)
+    counts = finite.sum(axis=0)
+    return np.where(counts > 0, np.where(finite, a, 0.0).sum(axis=0) / np.maximum(counts, 1), np.nan)
 
 
 def feature_energy_figure(energy: np.ndarray, main: np.ndarray, names: Sequence[str], total: float,
@@ -62,23 +72,35 @@ def feature_energy_figure(energy: np.ndarray, main: np.ndarray, names: Sequence[
     return fig
 
 
-def fidelity_figure(y_test: np.ndarray, yhat_test: np.ndarray, y_data: np.ndarray, yhat_data: np.ndarray,
-                    shown: Sequence[int], out_names: Sequence[str], fid_test: Any, fid_data: Any,
-                    max_points: int = 3000) -> Any:
+@dataclass
+class Scatter:
+    """One point set of the fidelity figure: the network's outputs, the surrogate's, and their fidelity."""
+
+    y: np.ndarray
+    yhat: np.ndarray
+    fidelity: Any
+
+
+def _mean_r2_label(r2: np.ndarray) -> str:
+    v = np.asarray(r2, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return f"mean R² {v.mean():.3f}" if len(v) else "R² undefined: constant output"
+
+
+def fidelity_figure(heldout: Scatter, data: Scatter, shown: Sequence[int], max_points: int = 3000) -> Any:
     """Surrogate against network, pooled over the shown outputs."""
     plt = pyplot()
     rng = np.random.default_rng(0)
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
-    for y, yh, label, marker, fid in ((y_test, yhat_test, "held-out box points", "o", fid_test),
-                                      (y_data, yhat_data, "dataset rows", "s", fid_data)):
-        a, b = y[:, shown].ravel(), yh[:, shown].ravel()
+    for s, label, marker in ((heldout, "held-out box points", "o"), (data, "dataset rows", "s")):
+        a, b = s.y[:, shown].ravel(), s.yhat[:, shown].ravel()
         if len(a) > max_points:
             pick = rng.choice(len(a), max_points, replace=False)
             a, b = a[pick], b[pick]
         ax.scatter(a, b, s=4, alpha=0.35, marker=marker,
-                   label=f"{label} (mean R² {np.mean(fid.r2[list(shown)]):.3f})")
-    lo = float(min(y_test[:, shown].min(), y_data[:, shown].min()))
-    hi = float(max(y_test[:, shown].max(), y_data[:, shown].max()))
+                   label=f"{label} ({_mean_r2_label(s.fidelity.r2[list(shown)])})")
+    lo = float(min(heldout.y[:, shown].min(), data.y[:, shown].min()))
+    hi = float(max(heldout.y[:, shown].max(), data.y[:, shown].max()))
     ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--", label="surrogate = network")
     ax.set_xlabel("network output")
     ax.set_ylabel("surrogate output")

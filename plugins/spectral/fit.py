@@ -39,6 +39,9 @@ class SpectralFit:
     gram: np.ndarray | None = field(default=None, repr=False)  # Phi^T Phi (LS only; for sparse refits)
     phi_y: np.ndarray | None = field(default=None, repr=False)  # Phi^T y, (L, K)
     y_sq: np.ndarray | None = field(default=None, repr=False)  # y^T y per output, (K,)
+    #: fallbacks taken on the way (e.g. Cholesky -> least squares); the method lifts them into its warnings
+    notes: list[str] = field(default_factory=list)
+    solver: "RidgeSolver | None" = field(default=None, repr=False)  # LS only: reusable for another network
 
     @property
     def gamma(self) -> np.ndarray:
@@ -124,96 +127,174 @@ def default_ridge(gram: np.ndarray) -> float:
     return 1e-8 * float(np.trace(gram)) / len(gram)
 
 
-def normal_equations(z: np.ndarray, y: np.ndarray, alpha: np.ndarray,
-                     basis: BasisName) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Phi^T Phi (L, L), Phi^T y (L, K) and y^T y (K,), accumulated over row chunks."""
+def normal_equations(z: np.ndarray, y: np.ndarray, alpha: np.ndarray, basis: BasisName,
+                     gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Phi^T Phi (L, L), Phi^T y (L, K) and y^T y (K,), accumulated over row chunks. A known ``gram`` (the same
+    points ``z``) is reused instead of accumulated again."""
     plan = TermPlan.from_alpha(alpha, int(np.max(alpha, initial=0)))
     from scipy.linalg.blas import dsyrk
 
     L = len(alpha)
-    gram = np.zeros((L, L), order="F")
+    acc = np.zeros((L, L), order="F") if gram is None else None
     phi_y = np.zeros((L, y.shape[1]))
     step = _chunk_rows(L)
     for i in range(0, len(z), step):
         phi = design_matrix(z[i : i + step], alpha, basis, plan)
-        # upper triangle of gram += phi^T phi (half the flops of a full product; phi.T is Fortran-ordered)
-        gram = dsyrk(1.0, phi.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
+        if acc is not None:  # upper triangle += phi^T phi (half the flops of a full product; phi.T is Fortran-ordered)
+            acc = dsyrk(1.0, phi.T, beta=1.0, c=acc, trans=0, lower=0, overwrite_c=1)
         phi_y += phi.T @ y[i : i + step]
-    gram = np.triu(gram) + np.triu(gram, 1).T
-    return np.ascontiguousarray(gram), phi_y, np.einsum("mk,mk->k", y, y)
+    if acc is not None:
+        gram = np.ascontiguousarray(np.triu(acc) + np.triu(acc, 1).T)
+    return gram, phi_y, np.einsum("mk,mk->k", y, y)  # type: ignore[return-value]
 
 
-def solve_ridge(gram: np.ndarray, rhs: np.ndarray, ridge: float) -> np.ndarray:
-    """(G + lambda I)^{-1} rhs by Cholesky; least squares on G when it is singular (lambda = 0)."""
-    import scipy.linalg
+@dataclass
+class RidgeSolver:
+    """G + lambda I factorised once (Cholesky), for any right-hand side. When it is not positive definite
+    (lambda = 0 and collinear terms) the solve falls back to minimum-norm least squares and ``note`` says so."""
 
-    a = gram + ridge * np.eye(len(gram))
-    try:
-        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, lower=False, check_finite=False), rhs)
-    except np.linalg.LinAlgError:
-        return scipy.linalg.lstsq(a, rhs, check_finite=False)[0]
+    gram: np.ndarray = field(repr=False)
+    ridge: float
+    factor: tuple | None = field(default=None, repr=False)
+    note: str | None = None
+
+    @classmethod
+    def of(cls, gram: np.ndarray, ridge: float) -> "RidgeSolver":
+        import scipy.linalg
+
+        try:
+            factor = scipy.linalg.cho_factor(gram + ridge * np.eye(len(gram)), lower=False, check_finite=False)
+            return cls(gram, ridge, factor)
+        except np.linalg.LinAlgError:
+            return cls(gram, ridge, None, "")
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        import scipy.linalg
+
+        if self.factor is not None:
+            return scipy.linalg.cho_solve(self.factor, rhs)
+        a = self.gram + self.ridge * np.eye(len(self.gram))
+        solution, _, rank, _ = scipy.linalg.lstsq(a, rhs, check_finite=False)
+        self.note = (f"The normal equations (ridge {self.ridge:.3g}) are not positive definite, so the Cholesky "
+                     f"solve failed; the coefficients are the minimum-norm least-squares solution instead (numerical "
+                     f"rank {rank} of {len(a)} terms): terms that are collinear on the fit points share their weight "
+                     "arbitrarily. A positive ridge (the default) or more, better spread fit points avoid this.")
+        return solution
+
+
+def solve_ridge(gram: np.ndarray, rhs: np.ndarray, ridge: float) -> tuple[np.ndarray, str | None]:
+    """(G + lambda I)^{-1} rhs, and the fallback note (None when Cholesky succeeded)."""
+    solver = RidgeSolver.of(gram, ridge)
+    return solver.solve(rhs), solver.note
 
 
 def fit_least_squares(evaluate: Evaluate, alpha: np.ndarray, basis: BasisName, z: np.ndarray,
-                      ridge: float | None = None, y: np.ndarray | None = None) -> SpectralFit:
+                      ridge: float | None = None, y: np.ndarray | None = None,
+                      same_points_as: "SpectralFit | None" = None) -> SpectralFit:
     """Coefficients by ridge regression on the points ``z`` (spec B3.2 "LS"); ``ridge=None`` is the B3.6
-    default. ``y`` may be given when the values at ``z`` are already known."""
+    default. ``y`` may be given when the values at ``z`` are already known. ``same_points_as``: a fit on the
+    very same points, whose Gram matrix and factorisation are reused (another network on the same design)."""
     alpha = np.asarray(alpha)
     values = np.asarray(evaluate(z) if y is None else y, dtype=np.float64)
     values = values.reshape(len(values), -1)
-    gram, phi_y, y_sq = normal_equations(z, values, alpha, basis)
-    lam = default_ridge(gram) if ridge is None else float(ridge)
-    coef = solve_ridge(gram, phi_y, lam).T
-    return SpectralFit(alpha=alpha, coef=np.ascontiguousarray(coef), basis=basis, method="least_squares",
-                       n_evaluations=len(z), ridge=lam, gram=gram, phi_y=phi_y, y_sq=y_sq)
+    base = same_points_as if same_points_as is not None and same_points_as.solver is not None else None
+    gram, phi_y, y_sq = normal_equations(z, values, alpha, basis, gram=base.gram if base is not None else None)
+    if base is not None:
+        lam, solver = base.ridge, base.solver
+    else:
+        lam = default_ridge(gram) if ridge is None else float(ridge)
+        solver = RidgeSolver.of(gram, lam)
+    coef = np.ascontiguousarray(solver.solve(phi_y).T)
+    return SpectralFit(alpha=alpha, coef=coef, basis=basis, method="least_squares", n_evaluations=len(z), ridge=lam,
+                       gram=gram, phi_y=phi_y, y_sq=y_sq, notes=[solver.note] if solver.note else [], solver=solver)
 
 
 # ------------------------------------------------------------------------------------------- sparsify
+def term_energy(coef_row: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """Each term's share of the variance under the basis measure, c^2 gamma, with the constant term set to 0
+    (row 0 of every index set is the constant: it carries the mean, not variance)."""
+    energy = np.asarray(coef_row, dtype=np.float64) ** 2 * gamma
+    energy[0] = 0.0
+    return energy
+
+
+def rank_terms(coef_row: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """Indices of the non-constant terms with non-zero energy, largest c^2 gamma first (ties: index order)."""
+    energy = term_energy(coef_row, gamma)
+    order = np.argsort(-energy, kind="stable")
+    return order[energy[order] > 0]
+
+
+def fewest_terms(coef_row: np.ndarray, gamma: np.ndarray, share: float) -> tuple[np.ndarray, float]:
+    """The fewest non-constant terms whose energies add up to at least ``share`` of the variance (largest
+    first), and the share they reach. Under the basis measure the terms are orthogonal, so their variances
+    add and the selection is optimal. Empty (share nan) when the surrogate has no variance."""
+    energy = term_energy(coef_row, gamma)
+    total = float(energy.sum())
+    order = rank_terms(coef_row, gamma)
+    if total <= 0 or not len(order):
+        return order[:0], float("nan")
+    cumulative = np.cumsum(energy[order]) / total
+    need = min(int(np.searchsorted(cumulative, share - 1e-12)) + 1, len(order))
+    return order[:need], float(cumulative[need - 1])
+
+
 def energy_mask(coef: np.ndarray, gamma: np.ndarray, fraction: float = 0.99) -> np.ndarray:
     """Per output, the smallest set of terms holding >= ``fraction`` of the variance sum c^2 gamma over
     non-constant terms, plus the constant term (spec B3.4 "energy99"). Returns a (K, L) boolean mask."""
-    energy = coef**2 * gamma[None, :]
-    energy[:, 0] = 0.0  # row 0 is the constant term: always kept, never counted
     mask = np.zeros(coef.shape, dtype=bool)
     mask[:, 0] = True
     for k in range(coef.shape[0]):
-        order = np.argsort(-energy[k])
-        total = energy[k].sum()
-        if total <= 0:
-            continue
-        need = int(np.searchsorted(np.cumsum(energy[k, order]) / total, fraction - 1e-12) + 1)
-        mask[k, order[: min(need, len(order))]] = True
+        mask[k, fewest_terms(coef[k], gamma, fraction)[0]] = True
     return mask
 
 
-def omp_bic(fit: SpectralFit, max_terms: int) -> tuple[np.ndarray, np.ndarray]:
-    """Orthogonal matching pursuit on the normal equations, with the number of terms chosen by BIC
-    (spec B3.2 sparse option). Needs a least-squares fit (it reuses Phi^T Phi). Returns (coef, mask)."""
+@dataclass
+class SparseFit:
+    """Sparse coefficients (K, L), their support, and the outputs for which nothing was selected."""
+
+    coef: np.ndarray
+    mask: np.ndarray
+    empty_outputs: list[int]
+
+
+def _omp_path(gram_n: np.ndarray, xy: np.ndarray, y_sq: float, n_max: int) -> np.ndarray:
+    """OMP coefficient path (L, steps) on normalised normal equations; (L, 0) when OMP stops before the
+    first term (no basis function correlates with the output)."""
     from sklearn.linear_model import orthogonal_mp_gram
 
+    with warnings.catch_warnings():  # "ended prematurely": the residual reached zero (exact fit)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        path = orthogonal_mp_gram(gram_n, xy, n_nonzero_coefs=n_max, norms_squared=[y_sq], return_path=True,
+                                  copy_Gram=True, copy_Xy=True)
+    return np.asarray(path).reshape(len(gram_n), -1)
+
+
+def omp_bic(fit: SpectralFit, max_terms: int) -> SparseFit:
+    """Orthogonal matching pursuit on the normal equations, with the number of terms chosen by BIC among the
+    path and the empty model (spec B3.2 sparse option). Needs a least-squares fit (it reuses Phi^T Phi).
+    An output for which the empty model wins (or OMP stops before the first term) gets all-zero
+    coefficients and is listed in ``empty_outputs``, so the caller can warn."""
     if fit.gram is None or fit.phi_y is None or fit.y_sq is None:
         raise ValueError("OMP needs the normal equations of a least-squares fit")
     M = fit.n_evaluations
     scale = 1.0 / np.sqrt(np.maximum(np.diag(fit.gram), 1e-300))
     gram_n = fit.gram * scale[:, None] * scale[None, :]
-    coef = np.zeros_like(fit.coef)
+    coef, empty = np.zeros_like(fit.coef), []
     for k in range(fit.coef.shape[0]):
-        xy = fit.phi_y[:, k] * scale
-        n_max = int(min(max_terms, len(gram_n), max(1, M - 1)))
-        with warnings.catch_warnings():  # "ended prematurely": the residual reached zero (exact fit)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            path = orthogonal_mp_gram(gram_n, xy, n_nonzero_coefs=n_max, norms_squared=[fit.y_sq[k]],
-                                      return_path=True, copy_Gram=True, copy_Xy=True)
-        path = np.asarray(path).reshape(len(gram_n), -1)
-        best, best_bic = None, np.inf
-        for j in range(path.shape[1]):
-            c = path[:, j]
-            sse = max(float(fit.y_sq[k] - 2 * c @ xy + c @ gram_n @ c), 1e-300 * max(1.0, fit.y_sq[k]))
+        xy, y_sq = fit.phi_y[:, k] * scale, float(fit.y_sq[k])
+        floor = 1e-300 * max(1.0, y_sq)
+        best, best_bic = np.zeros(len(xy)), M * np.log(max(y_sq, floor) / M)  # the empty model: predicts 0
+        path = _omp_path(gram_n, xy, y_sq, int(min(max_terms, len(gram_n), max(1, M - 1))))
+        for c in path.T:
+            sse = max(float(y_sq - 2 * c @ xy + c @ gram_n @ c), floor)
             bic = M * np.log(sse / M) + np.count_nonzero(c) * np.log(M)
             if bic < best_bic:
                 best, best_bic = c, bic
-        coef[k] = (best if best is not None else 0.0) * scale
-    return coef, coef != 0
+        if not np.any(best):
+            empty.append(k)
+        coef[k] = best * scale
+    return SparseFit(coef=coef, mask=coef != 0, empty_outputs=empty)
 
 
 # ------------------------------------------------------------------------------------------- analysis
@@ -261,52 +342,87 @@ def variance_decomposition(coef: np.ndarray, alpha: np.ndarray, gamma: np.ndarra
 
 
 # ------------------------------------------------------------------------------------------- fidelity
+#: an output whose range on the scored points is below this fraction of its magnitude is constant (float32
+#: resolution is ~6e-8): R^2 = 1 - SSE/SST has no meaning there.
+CONSTANT_RTOL = 1e-6
+
+
+def constant_outputs(y: np.ndarray) -> np.ndarray:
+    """(K,) True where the network's output does not vary over the points (R^2 undefined)."""
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    if not len(y):
+        return np.ones(y.shape[1], dtype=bool)
+    return np.ptp(y, axis=0) <= CONSTANT_RTOL * np.maximum(1.0, np.abs(y).max(axis=0))
+
+
 def r2_per_output(y: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
-    """R^2 = 1 - SSE/SST per output column (1 when both SSE and SST are 0; -inf-safe)."""
+    """R^2 = 1 - SSE/SST per output column; nan where the network's output is constant (SST = 0), because a
+    share of explained variance is undefined when there is no variance (never reported as 0 or 1)."""
     sse = ((y - y_hat) ** 2).sum(axis=0)
     sst = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = 1.0 - sse / sst
-    return np.where(sst > 0, r2, np.where(sse <= 1e-24 * max(1.0, float(len(y))), 1.0, 0.0))
+    return np.where(constant_outputs(y) | ~(sst > 0), np.nan, r2)
+
+
+def nanmean(values: np.ndarray) -> float:
+    """Mean over the defined (finite) values; nan when none is (no RuntimeWarning)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
 
 
 @dataclass
 class Fidelity:
-    r2: np.ndarray  # (K,)
+    r2: np.ndarray  # (K,), nan for outputs that are constant on the points
     rmse: np.ndarray  # (K,)
     max_abs_error: np.ndarray  # (K,)
     agreement: float | None  # argmax agreement (None for a single output)
     n_points: int
 
+    @property
+    def mean_r2(self) -> float:
+        return nanmean(self.r2)
+
     def summary(self) -> dict[str, float]:
-        out = {"r2": float(np.mean(self.r2)), "r2_min": float(np.min(self.r2)), "rmse": float(np.mean(self.rmse)),
-               "max_abs_error": float(np.max(self.max_abs_error)), "n_points": float(self.n_points)}
+        defined = self.r2[np.isfinite(self.r2)]
+        out = {"r2": self.mean_r2, "r2_min": float(defined.min()) if len(defined) else float("nan"),
+               "rmse": float(np.mean(self.rmse)), "max_abs_error": float(np.max(self.max_abs_error)),
+               "n_points": float(self.n_points)}
         if self.agreement is not None:
             out["agreement"] = float(self.agreement)
         return out
 
 
+def agreement(y: np.ndarray, y_hat: np.ndarray) -> float | None:
+    """How often argmax of the surrogate equals the network's (None for a single output)."""
+    return float(np.mean(y.argmax(axis=1) == y_hat.argmax(axis=1))) if y.shape[1] > 1 else None
+
+
 def fidelity(y: np.ndarray, y_hat: np.ndarray) -> Fidelity:
     """R^2, RMSE, max |error| per output, and how often argmax of the surrogate equals the network's."""
     err = y_hat - y
-    agreement = float(np.mean(y.argmax(axis=1) == y_hat.argmax(axis=1))) if y.shape[1] > 1 else None
     return Fidelity(r2=r2_per_output(y, y_hat), rmse=np.sqrt((err**2).mean(axis=0)),
-                    max_abs_error=np.abs(err).max(axis=0), agreement=agreement, n_points=len(y))
+                    max_abs_error=np.abs(err).max(axis=0), agreement=agreement(y, y_hat), n_points=len(y))
+
+
+def truncation_predictions(z: np.ndarray, alpha: np.ndarray, coef: np.ndarray, basis: BasisName) -> np.ndarray:
+    """Predictions of the degree-<=k truncations for k = 0..p: (p + 1, M, K). Entry 0 is the constant term
+    alone, entry 1 the strictly linear surrogate R2 of B3.4, entry p the whole surrogate."""
+    deg = np.asarray(alpha, dtype=np.int64).sum(axis=1)
+    p = int(deg.max(initial=0))
+    plan = TermPlan.from_alpha(alpha, p)
+    step = _chunk_rows(len(alpha))
+    blocks = np.zeros((p + 1, len(z), coef.shape[0]))  # the degree-k block's contribution
+    for i in range(0, len(z), step):
+        phi = design_matrix(z[i : i + step], alpha, basis, plan)
+        for k in range(p + 1):
+            blocks[k, i : i + step] = phi[:, deg == k] @ coef[:, deg == k].T
+    return np.cumsum(blocks, axis=0)
 
 
 def truncation_r2(z: np.ndarray, y: np.ndarray, alpha: np.ndarray, coef: np.ndarray, basis: BasisName) -> np.ndarray:
     """R^2 of the degree-<=k truncation for k = 1..p: (K, p) (spec B3.5). Column 0 is the strictly linear
     surrogate R2 of B3.4."""
-    deg = np.asarray(alpha, dtype=np.int64).sum(axis=1)
-    p = int(deg.max(initial=0))
-    plan = TermPlan.from_alpha(alpha, p)
-    step = _chunk_rows(len(alpha))
-    partial = np.zeros((p, *y.shape))  # predictions of each degree-k block, k = 1..p (constant added below)
-    const = np.zeros(y.shape)
-    for i in range(0, len(z), step):
-        phi = design_matrix(z[i : i + step], alpha, basis, plan)
-        const[i : i + step] = phi[:, deg == 0] @ coef[:, deg == 0].T
-        for k in range(1, p + 1):
-            partial[k - 1, i : i + step] = phi[:, deg == k] @ coef[:, deg == k].T
-    cumulative = const[None] + np.cumsum(partial, axis=0)
-    return np.stack([r2_per_output(y, cumulative[k]) for k in range(p)], axis=1)
+    cumulative = truncation_predictions(z, alpha, coef, basis)
+    return np.stack([r2_per_output(y, cumulative[k]) for k in range(1, len(cumulative))], axis=1)

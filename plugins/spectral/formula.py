@@ -1,5 +1,6 @@
-"""The surrogate as something a person can read: ranked terms, a plain-text formula, the strictly linear
-part in the coordinates' own units, and an optional sympy expression (spec B3.4)."""
+"""The surrogate's terms as text: ranked terms in the basis, the basis form of a formula, the strictly linear
+part in the coordinates' own units, and an optional sympy expression (spec B3.4). The readable formula in the
+coordinates' units is :mod:`governance_plugins.spectral.readable`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from governance_plugins.spectral.basis import SYMBOL, BasisName
+from governance_plugins.spectral.fit import rank_terms, term_energy
 
 
 def term_label(alpha_row: np.ndarray, names: Sequence[str], basis: BasisName) -> str:
@@ -22,35 +24,28 @@ def term_label(alpha_row: np.ndarray, names: Sequence[str], basis: BasisName) ->
 def ranked_terms(coef_row: np.ndarray, alpha: np.ndarray, gamma: np.ndarray, names: Sequence[str],
                  basis: BasisName, top: int) -> list[dict[str, Any]]:
     """The ``top`` non-constant terms by |c| sqrt(gamma) (each term's standard deviation under the basis
-    measure, spec B3.3), with their share of the surrogate's variance."""
-    energy = coef_row**2 * gamma
-    energy[0] = 0.0
+    measure, spec B3.3), with their share of the surrogate's variance and the cumulative share."""
+    energy = term_energy(coef_row, gamma)
     variance = float(energy.sum())
-    order = [int(n) for n in np.argsort(-energy) if energy[n] > 0][:top]
-    return [{
-        "term": term_label(alpha[n], names, basis),
-        "coefficient": float(coef_row[n]),
-        "degree": int(alpha[n].sum()),
-        "order": int(np.count_nonzero(alpha[n])),
-        "std": float(np.sqrt(energy[n])),
-        "variance_share": float(energy[n] / variance) if variance > 0 else 0.0,
-    } for n in order]
+    rows, cumulative = [], 0.0
+    for n in rank_terms(coef_row, gamma)[:top]:
+        share = float(energy[n] / variance) if variance > 0 else float("nan")
+        cumulative += share
+        rows.append({"term": term_label(alpha[n], names, basis), "coefficient": float(coef_row[n]),
+                     "degree": int(alpha[n].sum()), "order": int(np.count_nonzero(alpha[n])),
+                     "std": float(np.sqrt(energy[n])), "variance_share": share, "cumulative_share": cumulative})
+    return rows
 
 
-def formula_text(coef_row: np.ndarray, alpha: np.ndarray, gamma: np.ndarray, names: Sequence[str],
-                 basis: BasisName, top: int, digits: int = 3) -> str:
-    """``2.31 +0.83·T1(mean radius) −0.41·T1(x3)·T2(x7) … (+12 terms, 0.4 % of variance)``."""
-    terms = ranked_terms(coef_row, alpha, gamma, names, basis, top)
-    parts = [f"{coef_row[0]:.{digits}g}"]
-    for t in terms:
-        c = t["coefficient"]
-        parts.append(f"{'+' if c >= 0 else '−'}{abs(c):.{digits}g}·{t['term']}")
-    energy = coef_row**2 * gamma
-    energy[0] = 0.0
-    rest = int(np.count_nonzero(energy)) - len(terms)
-    if rest > 0:
-        share = 1.0 - sum(t["variance_share"] for t in terms)
-        parts.append(f"… (+{rest} more terms, {100 * share:.2g} % of variance)")
+def chebyshev_text(coef_row: np.ndarray, alpha: np.ndarray, terms: Sequence[int], names: Sequence[str],
+                   basis: BasisName, digits: int = 3) -> str:
+    """``2.31 + 0.83·T1(mean radius) − 0.41·T1(x3)·T2(x7)``: the constant and ``terms`` in the basis, in the
+    box's reference coordinates (each input mapped onto [-1, 1])."""
+    c0 = float(coef_row[0])
+    parts = [f"{'−' if c0 < 0 else ''}{abs(c0):.{digits}g}"]
+    for n in terms:
+        c = float(coef_row[n])
+        parts.append(f"{'+' if c >= 0 else '−'} {abs(c):.{digits}g}·{term_label(alpha[n], names, basis)}")
     return " ".join(parts)
 
 

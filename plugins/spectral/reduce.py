@@ -33,6 +33,7 @@ class Reduction:
     e0: np.ndarray  # (D,)
     note: str = ""
     details: dict = field(default_factory=dict)
+    input_names: list[str] = field(default_factory=list)  # names of the model's flattened inputs (D)
 
     @property
     def k(self) -> int:
@@ -69,7 +70,8 @@ def _selection(indices: np.ndarray, D: int, fill: np.ndarray, names: list[str], 
     x0 = fill.astype(np.float64).copy()
     x0[indices] = 0.0
     return Reduction(kind=kind, names=[names[i] for i in indices], x0=x0, decoder=sel, encoder=sel,
-                     e0=np.zeros(D), note=note, details={"indices": [int(i) for i in indices]})
+                     e0=np.zeros(D), note=note, details={"indices": [int(i) for i in indices]},
+                     input_names=list(names))
 
 
 def select_varying(X: np.ndarray, box: np.ndarray, names: list[str], kind: str = "none",
@@ -86,17 +88,23 @@ def select_varying(X: np.ndarray, box: np.ndarray, names: list[str], kind: str =
     return _selection(varying, D, fill, names, kind, note)
 
 
-def pca(X: np.ndarray, k: int) -> Reduction:
-    """k principal components of the data; the other directions are held at the data mean."""
+def pca(X: np.ndarray, k: int, names: Sequence[str] | None = None) -> Reduction:
+    """k principal components of the data; the other directions are held at the data mean. The loadings are
+    unit vectors, so a score is in the inputs' own units: pc_j = sum_i loading_ji (x_i - mean_i)."""
     D = X.shape[1]
     k = min(k, D, len(X))
     mean = X.mean(axis=0)
     _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
     explained = (s**2) / max(float((s**2).sum()), 1e-300)
-    comps = vt[:k]
+    comps = vt[:k] * np.where(_largest_positive(vt[:k]), 1.0, -1.0)[:, None]  # sign: largest loading positive
     return Reduction(kind="pca", names=[f"pc{i + 1}" for i in range(k)], x0=mean, decoder=comps, encoder=comps,
                      e0=mean, note=f"{k} principal components explain {explained[:k].sum():.1%} of the data variance",
-                     details={"explained_variance_ratio": explained[:k].tolist()})
+                     details={"explained_variance_ratio": explained[:k].tolist()},
+                     input_names=list(names) if names is not None else [f"x{i}" for i in range(D)])
+
+
+def _largest_positive(rows: np.ndarray) -> np.ndarray:
+    return rows[np.arange(len(rows)), np.abs(rows).argmax(axis=1)] >= 0 if len(rows) else np.zeros(0, dtype=bool)
 
 
 def pool(X: np.ndarray, sample_shape: tuple[int, ...], size: int) -> Reduction:
@@ -128,7 +136,8 @@ def pool(X: np.ndarray, sample_shape: tuple[int, ...], size: int) -> Reduction:
     mean = X.mean(axis=0)
     x0 = mean - (mean @ encoder.T) @ indicator
     return Reduction(kind="pool", names=names, x0=x0, decoder=indicator, encoder=encoder, e0=np.zeros(D),
-                     note=f"{len(names)} blocks of {size}x{size} pixels; inside a block every pixel moves together")
+                     note=f"{len(names)} blocks of {size}x{size} pixels; inside a block every pixel moves together",
+                     input_names=input_names(None, sample_shape))
 
 
 def screen(evaluate_x: Callable[[np.ndarray], np.ndarray], X: np.ndarray, box: np.ndarray, rng: np.random.Generator,
