@@ -104,11 +104,15 @@ def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = Non
 
 def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, policy: Any = None,
                  model_card: Any = None, signer: Any = None, progress: ProgressFn | None = None,
-                 invocation: str | None = None, workdir: str | Path | None = None, **options: Any) -> Any:
+                 invocation: str | None = None, workdir: str | Path | None = None, gate: Any = None,
+                 **options: Any) -> Any:
     """Explain ``model_uri`` (reusing an identical finished run unless ``force``), build the report in
     ``output_dir/<name>-v<version>/`` (or ``output_dir`` itself when ``subfolder`` is false), log it to the run and
     tag the model version. ``policy`` and ``model_card`` may be paths (RunSpec fields) or in-memory objects;
-    ``signer`` a dict or "NAME, ROLE, ORG". Returns a :class:`~governance.report.build.ReportResult`."""
+    ``signer`` a dict or "NAME, ROLE, ORG"; ``gate`` a :class:`~governance.report.gate.GateRequest` whose decision
+    the first page shows. With ``notify`` the verdict is posted, signed, once the report is written.
+    Returns a :class:`~governance.report.build.ReportResult`."""
+    from governance.host.notify import check_notify
     from governance.report.build import build_report, check_report_inputs
     from governance.report.publish import previous_version_record, publish_report, report_folder_name
 
@@ -119,6 +123,7 @@ def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, po
     signer_rec = signer if isinstance(signer, dict) else run_spec.signer_record()
     # the user's files first: a typo in the policy must not cost a whole run
     policy_obj = check_report_inputs(policy_obj, card, run_spec.template_dirs)
+    check_notify(run_spec.notify)
     run = explain(model_uri, spec=run_spec, progress=progress, workdir=workdir,
                   invocation=invocation or f"governance.report({model_uri!r})")
     run.model["previous_version"] = previous_version_record(run.tracking_uri, run.model)
@@ -126,8 +131,84 @@ def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, po
     out = base / report_folder_name(run.model) if subfolder else base
     result = build_report(run, out_dir=out, model_card=card, policy=policy_obj,
                           template_dirs=[Path(d) for d in run_spec.template_dirs], signer=signer_rec,
-                          pdf=run_spec.pdf)
+                          pdf=run_spec.pdf, gate=gate)
     result.run_id = run.mlflow_run_id
     if run_spec.log_to_mlflow:
         publish_report(result, run, tracking_uri=run.tracking_uri)
+    if run_spec.notify:
+        from governance.host.notify import post_notification
+        from governance.report.gate import report_notification
+
+        result.notifications.append(
+            post_notification(run_spec.notify, "report.verdict", report_notification(result)).to_dict())
     return result
+
+
+def promote(model_uri: str, *, to: str, spec: Any = None, policy: Any = None, dry_run: bool = False,
+            progress: ProgressFn | None = None, invocation: str | None = None, workdir: str | Path | None = None,
+            **options: Any) -> Any:
+    """The promotion gate: report on ``model_uri`` (explaining it, or reusing the identical finished run) under
+    ``policy``, then move alias ``to`` to the version only when the verdict is ``pass``; otherwise leave the alias
+    where it was and tag the version ``governance.gate=blocked`` with the failed checks. The move and the tags
+    happen after the report is written and logged. ``dry_run`` resolves and checks everything and writes
+    nothing. Returns a :class:`~governance.report.gate.Promotion` (``exit_code`` 11 when blocked)."""
+    from governance.contract.errors import ConfigError
+    from governance.host.aliases import alias_target, check_alias_name, pin_version
+    from governance.host.notify import check_notify
+    from governance.host.tracking import check_reachable, client, resolve_tracking_uri
+    from governance.report.build import check_report_inputs
+    from governance.report.gate import PROMOTE, GateRequest, Promotion
+
+    run_spec = _spec(spec, {**options, **({"policy": policy} if isinstance(policy, str) else {})})
+    alias = check_alias_name(to)
+    policy_obj = policy if policy is not None and not isinstance(policy, str) else run_spec.policy
+    if policy_obj is None:
+        raise ConfigError("promote needs a policy: the gate moves the alias only when the policy's verdict is pass",
+                          hint="pass --policy FILE (see examples/policy.yaml)")
+    if not run_spec.log_to_mlflow:
+        raise ConfigError("promote always logs the report and tags the version", hint="drop --no-log")
+    policy_obj = check_report_inputs(policy_obj, run_spec.model_card, run_spec.template_dirs)
+    check_notify(run_spec.notify)
+    uri = resolve_tracking_uri(run_spec.tracking_uri)
+    check_reachable(uri)
+    registry = client(uri)
+    name, version = pin_version(registry, model_uri)
+    request = GateRequest(alias=alias, name=name, version=version, mode=PROMOTE,
+                          alias_before=alias_target(registry, name, alias))
+    if dry_run:
+        last = dict(registry.get_model_version(name, version).tags or {})
+        return Promotion(request=request, policy=policy_obj.name, dry_run=True,
+                         last_verdict=last.get("governance.verdict"), last_report_id=last.get("governance.report_id"))
+    result = report_model(f"models:/{name}/{version}", spec=run_spec, policy=policy_obj, gate=request,
+                          progress=progress, workdir=workdir,
+                          invocation=invocation or f"governance.promote({model_uri!r}, to={alias!r})")
+    return _apply_promotion(registry, request, result, run_spec.notify)
+
+
+def _apply_promotion(registry: Any, request: Any, result: Any, notify: str | None) -> Any:
+    """After the report is written: move the alias (verdict pass) or not, tag the version, send the news."""
+    from governance.host.aliases import alias_target, move_alias, tag_version
+    from governance.report.document import utc_now
+    from governance.report.gate import Promotion, alias_at, describe_version, gate_notification, gate_tags
+
+    decision = result.gate
+    name, version, alias = request.name, request.version, request.alias
+    now = alias_target(registry, name, alias)  # read again right before the move: it may have moved meanwhile
+    if not decision["passes"]:
+        action, detail = "blocked", f"version {version} not promoted: {alias_at(alias, now)}"
+    elif now == version:
+        action, detail = "unchanged", f"@{alias} already pointed at version {version}"
+    else:
+        move_alias(registry, name, alias, version)
+        action, detail = "promoted", f"@{alias} moved from {describe_version(now)} to version {version}"
+    tags = gate_tags(decision, action, detail, at=utc_now(), report_id=result.report_id)
+    tag_version(registry, name, version, tags)
+    promotion = Promotion(request=request, policy=decision.get("policy"), decision=decision, action=action,
+                          detail=detail, report=result, alias_after=version if action != "blocked" else now,
+                          tags=tags)
+    if notify:
+        from governance.host.notify import post_notification
+
+        promotion.notifications.append(post_notification(
+            notify, f"gate.{action}", gate_notification(decision, action, detail, result)).to_dict())
+    return promotion

@@ -13,24 +13,27 @@ from governance.run.spec import RunSpec
 EXTRA = {
     "run": {"model_uris", "as_json", "executor"},
     "report": {"model_uri", "as_json", "from_run"},
-    "serve": {"host", "port", "url_path", "window_s", "worker", "created", "aliases", "tags", "models",
+    "promote": {"model_uri", "alias", "dry_run", "as_json"},
+    "serve": {"host", "port", "url_path", "window_s", "worker", "created", "aliases", "tags", "models", "gate",
               "max_attempts", "concurrency", "lease_s", "job_timeout", "retry_delay", "handler", "isolation",
               "poll_s", "queue_url", "log_level"},
 }
 
 
 def _commands():
+    from governance.cli.promote import promote_cmd
     from governance.cli.report import report_cmd
     from governance.cli.run import run_cmd
     from governance.cli.service import schedule_cmd, serve_cmd, watch_cmd
 
-    return {"run": run_cmd, "report": report_cmd, "serve": serve_cmd, "watch": watch_cmd, "schedule": schedule_cmd}
+    return {"run": run_cmd, "report": report_cmd, "promote": promote_cmd, "serve": serve_cmd, "watch": watch_cmd,
+            "schedule": schedule_cmd}
 
 
-@pytest.mark.parametrize("name", ["run", "report", "serve", "watch", "schedule"])
+@pytest.mark.parametrize("name", ["run", "report", "promote", "serve", "watch", "schedule"])
 def test_every_job_option_of_a_command_comes_from_runspec(name):
     cmd = _commands()[name]
-    scope = name if name in ("run", "report") else "service"
+    scope = name if name in ("run", "report", "promote") else "service"
     params = {p.name for p in cmd.params}
     from_spec = {f.name for f, _ in spec_fields(scope)}
     assert from_spec <= params
@@ -42,7 +45,7 @@ def test_every_job_option_of_a_command_comes_from_runspec(name):
 
 
 def test_every_runspec_field_reaches_the_command_line_or_is_api_only():
-    exposed = {f.name for scope in ("run", "report", "service") for f, _ in spec_fields(scope)}
+    exposed = {f.name for scope in ("run", "report", "promote", "service") for f, _ in spec_fields(scope)}
     assert set(RunSpec.field_names()) - exposed == {"method_config"}  # the API's config= dict
 
 
@@ -88,6 +91,8 @@ def test_fingerprint_hashes_contents_not_paths(tmp_path):
     b.write_text("checks: [] # changed\n")
     assert RunSpec(policy=str(a)).fingerprint() != RunSpec(policy=str(b)).fingerprint()
     assert RunSpec(output_dir="/one").fingerprint() == RunSpec(output_dir="/two").fingerprint()
+    # where the news goes is not part of a job's outcome: changing --notify queues no new report
+    assert RunSpec(notify="http://a.example/x").fingerprint() == RunSpec().fingerprint()
     assert RunSpec(seed=1).fingerprint() != RunSpec(seed=2).fingerprint()
 
 

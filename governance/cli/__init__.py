@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "report": "governance.cli.report:report_cmd",
     "verify": "governance.cli.report:verify_cmd",
     "policy": "governance.cli.report:policy_group",
+    "promote": "governance.cli.promote:promote_cmd",
     "serve": "governance.cli.service:serve_cmd",
     "jobs": "governance.cli.service:jobs_cmd",
     "watch": "governance.cli.service:watch_cmd",
@@ -74,6 +75,8 @@ def cli() -> None:
     Quick start:
       governance run models:/my-model/1            explain one version, log to a new MLflow run
       governance report models:/my-model@champion  explain + PDF compliance report
+      governance promote models:/my-model/3 --to champion --policy gate.yaml
+                                                   move the alias only if the report passes
       governance plugins                           list method plugins
       governance doctor                            check versions, devices and the tracking store
     """

@@ -49,7 +49,7 @@ def _print_policy(policy: dict[str, Any]) -> None:
         click.echo(f"  {label} {c['id']:<{width}}  {detail}")
 
 
-def _print_report(result: Any) -> None:
+def print_report(result: Any) -> None:
     verdict = result.verdict or "no policy"
     colour = {"pass": "green", "fail": "red"}.get(result.verdict or "", "yellow")
     model = result.model
@@ -68,8 +68,16 @@ def _print_report(result: Any) -> None:
             click.echo(f"  tag       {k} = {v}")
     for note in result.notes:
         click.echo(click.style("  note      ", fg="yellow") + note)
+    print_notifications(result.notifications)
     if result.policy:
         _print_policy(result.policy)
+
+
+def print_notifications(deliveries: list[dict[str, Any]]) -> None:
+    """One line per notification sent (--notify): delivered, or why not."""
+    for d in deliveries:
+        state = f"delivered ({d['status']})" if d["ok"] else f"NOT delivered after {d['attempts']} try(s): {d['error']}"
+        click.echo(f"  notify    {d['event']} -> {d['url']}: {state}")
 
 
 def _exit_code(result: Any) -> int:
@@ -108,7 +116,7 @@ def report_cmd(model_uri: str | None, as_json: bool, from_run: str | None, **opt
     if as_json:
         echo_json(result.to_dict())
     else:
-        _print_report(result)
+        print_report(result)
     code = _exit_code(result)
     if code:
         sys.exit(code)

@@ -75,6 +75,13 @@ def trigger_options(fn: Callable) -> Callable:
     ])
 
 
+def gate_option(fn: Callable) -> Callable:
+    return click.option(
+        "--gate", "gate", multiple=True, metavar="ALIAS",
+        help="Promotion gate on this alias (repeatable): when someone moves it to a version whose report fails "
+             "--policy, move it back to where it pointed before (or remove it) and tag both versions.")(fn)
+
+
 def report_options(fn: Callable) -> Callable:
     """The job options (generated from RunSpec, as for `governance report`) plus the queue's attempts."""
     fn = click.option("--max-attempts", type=click.IntRange(1, 50), default=5, show_default=True,
@@ -110,11 +117,25 @@ def _settings_from(kw: dict[str, Any]) -> Any:
     return settings
 
 
-def _rules(created: bool, aliases: tuple[str, ...], tags: tuple[str, ...], models: tuple[str, ...]) -> Any:
+def _rules(created: bool, aliases: tuple[str, ...], tags: tuple[str, ...], models: tuple[str, ...],
+           gate: tuple[str, ...] = ()) -> Any:
+    """The trigger rules; a gated alias is a watched alias too (its events are handled by the gate)."""
     from governance.service.triggers import TagRule, TriggerRules
 
-    return TriggerRules(created=created, aliases=tuple(aliases), tags=tuple(TagRule.parse(t) for t in tags),
-                        models=tuple(models))
+    return TriggerRules(created=created, aliases=tuple(dict.fromkeys((*aliases, *gate))),
+                        tags=tuple(TagRule.parse(t) for t in tags), models=tuple(models))
+
+
+def _gate(queue: Any, gate: tuple[str, ...], models: tuple[str, ...], settings: Any, max_attempts: int,
+          on_enqueued: Callable[[], None] | None = None) -> Any:
+    """The promotion gate of `serve --gate` / `watch --gate` (None without --gate: the service only reports)."""
+    if not gate:
+        return None
+    from governance.host.aliases import check_alias_name
+    from governance.service.gate import Gate, GateRules
+
+    rules = GateRules(aliases=tuple(check_alias_name(a) for a in dict.fromkeys(gate)), models=tuple(models))
+    return Gate(queue, rules, settings, max_attempts=max_attempts, on_enqueued=on_enqueued)
 
 
 def _queue(queue_url: str | None) -> Any:
@@ -190,14 +211,15 @@ def _shared_note(fn: Callable) -> Callable:
 @click.option("--worker/--no-worker", default=True, show_default=True,
               help="Also run a worker in this process (--no-worker: run `governance jobs work` separately).")
 @trigger_options
+@gate_option
 @report_options
 @worker_options
 @queue_option
 @log_option
 @_shared_note
 def serve_cmd(host: str, port: int, url_path: str, window_s: float, worker: bool, created: bool,
-              aliases: tuple[str, ...], tags: tuple[str, ...], models: tuple[str, ...], max_attempts: int,
-              queue_url: str | None, log_level: str, **kw: Any) -> None:
+              aliases: tuple[str, ...], tags: tuple[str, ...], models: tuple[str, ...], gate: tuple[str, ...],
+              max_attempts: int, queue_url: str | None, log_level: str, **kw: Any) -> None:
     """Receive MLflow registry webhooks and queue a report job for each matching event.
 
     Every delivery is checked (HMAC-SHA256 signature with the secret in GOVERNANCE_WEBHOOK_SECRET,
@@ -208,6 +230,11 @@ def serve_cmd(host: str, port: int, url_path: str, window_s: float, worker: bool
       export GOVERNANCE_WEBHOOK_SECRET=...          # the same value for `webhook install`
       governance serve --alias champion --tracking-uri http://mlflow:5000
       governance webhook install --url http://this-host:8787/webhook --alias champion --test
+
+    \b
+    Promotion gate (an alias moved to a failing version is moved back):
+      governance serve --gate champion --policy release-gate.yaml
+      governance webhook install --url http://this-host:8787/webhook --gate champion
     """
     import uvicorn
 
@@ -217,17 +244,36 @@ def serve_cmd(host: str, port: int, url_path: str, window_s: float, worker: bool
     _setup_logging(log_level)
     secrets = webhook_secrets()
     settings = _settings_from(kw)
-    rules = _rules(created, aliases, tags, models)
+    rules = _rules(created, aliases, tags, models, gate)
     queue = _queue(queue_url)
+    gate_obj = _gate(queue, gate, models, settings, max_attempts)
+    if gate_obj is not None:  # where the gated aliases point now: the baseline (or the moves missed while down)
+        _gate_look(gate_obj, settings, "startup")
     worker_obj = _worker(queue, kw) if worker else None
     receiver = Receiver(queue, secrets=secrets, rules=rules, settings=settings, window_seconds=window_s,
-                        max_attempts=max_attempts)
+                        max_attempts=max_attempts, gate=gate_obj)
     app = create_app(receiver, path=url_path, worker=worker_obj)
-    click.echo(f"governance receiver on http://{host}:{port}{url_path} ({rules.describe()}); queue {queue.path}; "
+    click.echo(f"governance receiver on http://{host}:{port}{url_path} ({rules.describe()}"
+               f"{'; ' + gate_obj.rules.describe() if gate_obj else ''}); queue {queue.path}; "
                f"worker {'in-process' if worker_obj else 'separate (governance jobs work)'}; "
                f"settings {settings.fingerprint()[:12]}", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level if log_level != "info" else "warning",
                 access_log=False, lifespan="on", workers=1)
+
+
+def _gate_look(gate_obj: Any, settings: Any, source: str) -> None:
+    """Where the gated aliases point now; without it the gate could not tell where a moved alias came from."""
+    from governance.contract.errors import TrackingError
+    from governance.host.tracking import client, resolve_tracking_uri
+
+    try:
+        result = gate_obj.sync(client(resolve_tracking_uri(settings.tracking_uri)), source=source)
+    except Exception as exc:
+        raise TrackingError(f"the gate cannot read where the gated aliases point: {type(exc).__name__}: {exc}",
+                            hint="the gate needs the registry at start-up; check --tracking-uri and the server") \
+            from exc
+    what = "baseline recorded" if result.baseline else f"{len(result.queued)} move(s) missed meanwhile queued"
+    click.echo(f"gate: {result.seen} gated alias position(s) looked up, {what}", err=True)
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -248,7 +294,10 @@ def _jobs_table(jobs: list[Any]) -> None:
         table.add_column(col, overflow="fold")
     colours = {"succeeded": "green", "failed": "red", "running": "cyan", "queued": "yellow", "cancelled": "dim"}
     for j in jobs:
-        if j.state == "succeeded":
+        if j.state == "succeeded" and (j.result or {}).get("gate"):
+            gate = j.result["gate"]
+            note = f"gate {gate['action']}: {gate['detail']} (verdict {gate.get('verdict')})"
+        elif j.state == "succeeded":
             res = j.result or {}
             note = f"{res.get('status', 'ok')}, run {res.get('mlflow_run_id') or '-'}"
             if res.get("pdf"):
@@ -323,6 +372,30 @@ def jobs_show(ctx: click.Context, job_id: int, as_json: bool, queue_url: str | N
         click.echo(f"    {_ago(ev['at'])}  {ev['event']:<10} {ev['detail'] or ''}")
 
 
+@jobs_cmd.command("gate")
+@click.option("--limit", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@queue_option
+@click.pass_context
+def jobs_gate(ctx: click.Context, limit: int, as_json: bool, queue_url: str | None) -> None:
+    """Gate actions, newest first: every move of a gated alias the service saw and what the gate did about it
+    (kept, reverted, removed, left alone), with the job that checked it."""
+    from governance.service.gate_ledger import GateLedger
+
+    moves = GateLedger(_queue_of(ctx, queue_url)).moves(limit=limit)
+    if as_json:
+        echo_json([m.to_dict() for m in moves])
+        return
+    if not moves:
+        click.echo("no gated alias moves recorded")
+        return
+    for m in moves:
+        where = f"{m.name}@{m.alias}: {m.from_version or '-'} -> {m.to_version or '-'}"
+        job = f"job {m.job_id}" if m.job_id else "no job"
+        click.echo(f"{_ago(m.observed_at)}  move {m.id:<4} {where:<34} {m.state:<10} {m.source:<8} {job:<8} "
+                   f"{m.detail or ''}")
+
+
 @jobs_cmd.command("retry")
 @click.argument("job_ids", type=int, nargs=-1, required=True)
 @queue_option
@@ -386,19 +459,23 @@ def jobs_work(ctx: click.Context, drain: bool, max_jobs: int | None, queue_url: 
 @click.option("--backfill", is_flag=True, help="On the first pass, queue every existing version, not only recent ones.")
 @click.option("--worker/--no-worker", default=True, show_default=True, help="Also run the queued jobs in this process.")
 @trigger_options
+@gate_option
 @report_options
 @worker_options
 @queue_option
 @log_option
 @_shared_note
 def watch_cmd(interval: str, once: bool, lookback: str, backfill: bool, worker: bool, created: bool,
-              aliases: tuple[str, ...], tags: tuple[str, ...], models: tuple[str, ...], max_attempts: int,
-              queue_url: str | None, log_level: str, **kw: Any) -> None:
+              aliases: tuple[str, ...], tags: tuple[str, ...], models: tuple[str, ...], gate: tuple[str, ...],
+              max_attempts: int, queue_url: str | None, log_level: str, **kw: Any) -> None:
     """Poll the registry (search_model_versions) and queue reports for new versions, aliases or tags.
 
     For stores that fire no webhooks (file stores, direct database access, managed MLflow), and as a
     safety net beside `governance serve`: MLflow drops an event after 4 failed deliveries. Jobs already
     queued or reported, by either path, are not queued again.
+
+    With --gate ALIAS each pass also checks where the gated aliases point; a move since the last pass (the
+    first pass only records the baseline) is reported on and moved back when the version fails --policy.
     """
     from governance.service.scheduler import parse_duration
     from governance.service.watcher import Watcher
@@ -406,11 +483,13 @@ def watch_cmd(interval: str, once: bool, lookback: str, backfill: bool, worker: 
 
     _setup_logging(log_level)
     settings = _settings_from(kw)
-    rules = _rules(created, aliases, tags, models)
+    rules = _rules(created, aliases, tags, models, gate)
     queue = _queue(queue_url)
     worker_obj = _worker(queue, kw) if worker else None
+    wake = worker_obj.wake if worker_obj else None
     watcher = Watcher(queue, rules, settings, lookback_s=parse_duration(lookback), backfill=backfill,
-                      max_attempts=max_attempts, on_enqueued=worker_obj.wake if worker_obj else None)
+                      max_attempts=max_attempts, on_enqueued=wake,
+                      gate=_gate(queue, gate, models, settings, max_attempts, on_enqueued=wake))
     click.echo(f"watch: settings {settings.fingerprint()[:12]}, queue {queue.path}", err=True)
     with _Stopper(worker_obj) as stopper:
         if once:
@@ -515,14 +594,16 @@ def webhook_cmd() -> None:
               help="The MLflow server (http/https) [env MLFLOW_TRACKING_URI].")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 @trigger_options
+@gate_option
 def webhook_install(url: str, name: str, description: str | None, test: bool, tracking_uri: str | None,
                     as_json: bool, created: bool, aliases: tuple[str, ...], tags: tuple[str, ...],
-                    models: tuple[str, ...]) -> None:
+                    models: tuple[str, ...], gate: tuple[str, ...]) -> None:
     """Create (or update) the MLflow webhook, with the secret from GOVERNANCE_WEBHOOK_SECRET.
 
     Subscribes to the events the trigger options need: model_version.created (--created),
-    model_version_alias.created (--alias), model_version_tag.set (--tag). Model and alias filters are
-    applied by the receiver, so use the same trigger options for `governance serve`.
+    model_version_alias.created (--alias, --gate), model_version_alias.deleted (--gate: the gate keeps
+    track of removed aliases), model_version_tag.set (--tag). Model and alias filters are applied by the
+    receiver, so use the same trigger and --gate options for `governance serve`.
 
     The MLflow server must run with a fixed MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY (kept across restarts),
     and, for http:// or private-network receivers, MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https and
@@ -532,10 +613,12 @@ def webhook_install(url: str, name: str, description: str | None, test: bool, tr
     from governance.service.config import webhook_secrets
     from governance.service.webhooks import explain_test_failure, install_webhook
 
+    from governance.service.gate import GATE_EVENTS
+
     secret = webhook_secrets()[0]
-    rules = _rules(created, aliases, tags, models)
+    rules = _rules(created, aliases, tags, models, gate)
     res = install_webhook(url=url, rules=rules, secret=secret, tracking_uri=tracking_uri, name=name,
-                          description=description, test=test)
+                          description=description, test=test, extra_events=GATE_EVENTS if gate else ())
     wh = res.webhook
     doc = {"action": res.action, "id": wh.webhook_id, "name": wh.name, "url": wh.url,
            "events": [f"{e.entity.value}.{e.action.value}" for e in wh.events]}

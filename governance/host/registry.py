@@ -147,6 +147,11 @@ def _lookup_version(client: Any, ref: ModelRef) -> Any:
                             hint="check the tracking server") from exc
 
 
+def lookup_version(client: Any, ref: ModelRef) -> Any:
+    """The MLflow ModelVersion a registry reference (version, alias, latest) names now; errors list what exists."""
+    return _lookup_version(client, ref)
+
+
 def _read_mlmodel(folder: Path) -> dict[str, Any]:
     import yaml
 

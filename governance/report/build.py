@@ -56,6 +56,10 @@ class ReportResult:
     logged: bool = False
     #: model-version tags set when the report was logged
     version_tags: dict[str, str] = field(default_factory=dict)
+    #: the promotion gate's decision printed on the first page (governance.report.gate.decide), when gated
+    gate: dict[str, Any] | None = None
+    #: notifications sent about this report (governance.host.notify.Delivery.to_dict())
+    notifications: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def pdf(self) -> Path | None:
@@ -83,7 +87,7 @@ class ReportResult:
                        "pdf": self.pdf_sha256},
             "pages": self.pages, "pdf_variant": self.pdf_variant, "refused_urls": self.refused_urls,
             "notes": self.notes, "model": self.model, "run_id": self.run_id, "logged_to_mlflow": self.logged,
-            "version_tags": self.version_tags,
+            "version_tags": self.version_tags, "gate": self.gate, "notifications": self.notifications,
             "policy": {"name": self.policy.get("name"), "verdict": self.policy.get("verdict"),
                        "counts": self.policy.get("counts")} if self.policy else None,
         }
@@ -231,13 +235,15 @@ def build_report(
     copy_evidence: bool = True,
     plugin_host: Any = None,
     generated_at: str | None = None,
+    gate: Any = None,
 ) -> ReportResult:
     """Build the report for one run (a :class:`~governance.contract.results.RunResult` or its ``to_dict()``).
 
     ``workdir`` (default ``run.workdir``) holds the evidence (``explanations/<method>/...``); without it
     the report has no figures and lists no artifacts. ``policy`` is a path, a dict or a ``Policy``;
     ``model_card`` a YAML path or a dict; ``template_dirs`` override shipped templates; ``signer``
-    ({name, role, organisation, email}) names the person who signs the report first.
+    ({name, role, organisation, email}) names the person who signs the report first. ``gate`` (a
+    :class:`~governance.report.gate.GateRequest`) puts the promotion gate's decision on the first page.
     """
     from governance.report.card import resolve_human_fields
     from governance.report.document import build_document
@@ -268,6 +274,7 @@ def build_report(
                            "inline" if model_card is not None else None),
     )
     doc["limitations"]["rendering"].extend(notes)
+    doc["gate"] = _gate_block(gate, policy_result)
     html, json_bytes, html_bytes, manifest_bytes = _write_documents(out, doc, template_dirs, methods,
                                                                     evidence_root, plugin_host)
     json_sha = mf.sha256_bytes(json_bytes)
@@ -285,5 +292,14 @@ def build_report(
         pages=info["pages"], pdf_variant=info["variant"], refused_urls=info["refused_urls"],
         notes=list(doc["limitations"]["rendering"]) + refused,
         model={k: doc["model"].get(k) for k in ("name", "version", "uri", "run_id", "content_sha256")},
-        run_status=run_doc.get("status"), run_id=(run_doc.get("mlflow") or {}).get("run_id"),
+        run_status=run_doc.get("status"), run_id=(run_doc.get("mlflow") or {}).get("run_id"), gate=doc["gate"],
     )
+
+
+def _gate_block(gate: Any, policy_result: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The gate's decision for report.json; the gate rule is the report's policy verdict (report/gate.py)."""
+    if gate is None:
+        return None
+    from governance.report.gate import decide
+
+    return decide(gate, policy_result["verdict"] if policy_result else None, policy_result)

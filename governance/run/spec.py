@@ -23,9 +23,10 @@ from typing import Any, Mapping
 
 from governance.contract.errors import ConfigError
 
-#: commands whose options come from RunSpec; "service" stands for serve, watch and schedule
-COMMANDS = ("run", "report", "service")
-_RUN, _REPORT, _SERVICE = frozenset({"run"}), frozenset({"report"}), frozenset({"service"})
+#: commands whose options come from RunSpec; "service" stands for serve, watch and schedule; "promote" takes the
+#: report's options (it reports, then moves an alias)
+COMMANDS = ("run", "report", "promote", "service")
+_RUN, _REPORT, _SERVICE = frozenset({"run"}), frozenset({"report", "promote"}), frozenset({"service"})
 _ALL = _RUN | _REPORT | _SERVICE
 _EXPLAIN = _RUN | _REPORT
 
@@ -135,7 +136,11 @@ class RunSpec:
     pdf: bool = _opt(True, CliOption(("--pdf/--no-pdf",), "Render the PDF (--no-pdf: report.json, report.html "
                                      "and manifest.json only).", _REPORT | _SERVICE, "flag"))
     log_to_mlflow: bool = _opt(True, CliOption(("--log/--no-log",), "Log the report to MLflow and tag the model "
-                                               "version (default: log).", _REPORT, "flag"))
+                                               "version (default: log).", frozenset({"report"}), "flag"))
+    # --- who hears about it ----------------------------------------------------------------------------------
+    notify: str | None = _opt(None, CliOption(
+        ("--notify",), "POST a small signed JSON to URL for every verdict and gate action (HMAC-SHA256 as MLflow's "
+        "webhooks, secret in GOVERNANCE_NOTIFY_SECRET; docs/gate.md).", _REPORT | _SERVICE, metavar="URL"))
 
     # ------------------------------------------------------------------------------------------- building
     def __post_init__(self) -> None:
@@ -227,8 +232,8 @@ class RunSpec:
         return parse_signer(self.signer)
 
     def fingerprint(self) -> str:
-        """Hash of every option that shapes a job's outcome: files by content, never by path. ``output_dir`` and
-        ``log_to_mlflow`` (where the report goes) are left out."""
+        """Hash of every option that shapes a job's outcome: files by content, never by path. ``output_dir``,
+        ``log_to_mlflow`` and ``notify`` (where the report and the news about it go) are left out."""
         doc = {name: getattr(self, name) for name in self.field_names() if name not in _NOT_FINGERPRINTED}
         for name in ("methods", "plugins"):
             doc[name] = sorted(doc[name] or ())
@@ -245,7 +250,7 @@ class RunSpec:
 
 _PATH_FIELDS = ("data", "config_file", "policy", "model_card", "output_dir")
 _HASHED_FILES = ("data", "config_file", "policy", "model_card")
-_NOT_FINGERPRINTED = {"output_dir", "log_to_mlflow"}
+_NOT_FINGERPRINTED = {"output_dir", "log_to_mlflow", "notify"}
 
 
 def _as_tuple(value: Any, name: str) -> tuple[str, ...]:

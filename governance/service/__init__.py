@@ -10,5 +10,7 @@ Producers put report jobs into one durable queue; workers run them::
 
 Modules: ``config`` (paths, secret), ``signing`` (the MLflow signature), ``triggers`` (events, rules),
 ``jobs`` (settings fingerprint, idempotency key), ``queue``, ``worker``, ``handlers``, ``receiver``,
-``watcher``, ``scheduler``, ``webhooks`` (install/list). The commands live in ``governance.cli.service``.
+``watcher``, ``scheduler``, ``webhooks`` (install/list); the promotion gate: ``gate`` (alias moves -> gate jobs),
+``gate_ledger`` (where gated aliases point, every move), ``gate_job`` (report, keep or revert). The commands live
+in ``governance.cli.service``.
 """

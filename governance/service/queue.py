@@ -31,7 +31,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -213,6 +213,19 @@ class JobQueue:
                     hint="upgrade governance, or point --queue at another file",
                 )
 
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for reads by modules that keep their own tables in the queue file."""
+        return self._connect()
+
+    def transaction(self) -> Any:
+        """A write transaction (context manager yielding the connection) for modules that keep their own tables
+        in the queue file and must write them atomically with a job (:meth:`enqueue_in`)."""
+        return self._tx()
+
+    def enqueue_in(self, db: sqlite3.Connection, *, now: float | None = None, **job: Any) -> Enqueued:
+        """:meth:`enqueue` inside a :meth:`transaction` the caller holds."""
+        return self._enqueue(db, now=time.time() if now is None else now, **job)
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
@@ -303,13 +316,15 @@ class JobQueue:
         *,
         event: str,
         outcome: str,
-        job: dict[str, Any] | None = None,
+        job: dict[str, Any] | Callable[[sqlite3.Connection, float], dict[str, Any] | None] | None = None,
         now: float | None = None,
     ) -> DeliveryOutcome:
         """Record a webhook delivery id and (optionally) enqueue its job, atomically.
 
         Returns ``duplicate=True`` without touching the queue when the id was seen before: MLflow retries
-        re-send the same id, so this is what makes retries and replays harmless.
+        re-send the same id, so this is what makes retries and replays harmless. ``job`` may be a function
+        ``(db, now) -> job | None`` run inside the same transaction, only for a new delivery (the promotion
+        gate records the alias move it saw and queues its check together with the delivery id).
         """
         now = time.time() if now is None else now
         with self._tx() as db:
@@ -319,6 +334,8 @@ class JobQueue:
             )
             if cur.rowcount == 0:
                 return DeliveryOutcome(duplicate=True)
+            if callable(job):
+                job = job(db, now)
             if job is None:
                 return DeliveryOutcome(duplicate=False)
             enq = self._enqueue(db, now=now, **job)

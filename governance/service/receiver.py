@@ -56,6 +56,7 @@ class Receiver:
         max_attempts: int = 5,
         clock: Callable[[], float] = time.time,
         on_enqueued: Callable[[], None] | None = None,
+        gate: Any = None,
     ) -> None:
         if not secrets:
             raise ValueError("the receiver needs at least one secret")
@@ -68,6 +69,7 @@ class Receiver:
         self.max_attempts = max_attempts
         self.clock = clock
         self.on_enqueued = on_enqueued
+        self.gate = gate  # governance.service.gate.Gate: gated alias events go to it (serve --gate)
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._last_purge = 0.0
@@ -104,6 +106,9 @@ class Receiver:
         job = None
         if is_test_delivery(event, data):
             outcome, why = "test", "MLflow test payload: signature verified, nothing queued"
+        elif self.gate is not None and self.gate.claims(event, data):
+            outcome, why = "gate", f"gated alias @{data['alias']} of {data['name']}: no move to check"
+            job = self.gate.delivery_job(event, data)
         else:
             trigger, why = self.rules.match(event, data)
             outcome = "ignored"

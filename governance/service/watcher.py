@@ -79,6 +79,7 @@ class Watcher:
         max_pages: int = 100,
         max_attempts: int = 5,
         on_enqueued: Callable[[], None] | None = None,
+        gate: Any = None,
     ) -> None:
         if client is None:
             from governance.host.tracking import client as tracking_client, resolve_tracking_uri
@@ -94,6 +95,7 @@ class Watcher:
         self.max_pages = max_pages
         self.max_attempts = max_attempts
         self.on_enqueued = on_enqueued
+        self.gate = gate  # governance.service.gate.Gate: gated aliases are checked by it, every pass (watch --gate)
         ident = json.dumps([settings.tracking_uri, sorted(rules.models)], sort_keys=True)
         self.cursor_name = "watch:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
@@ -175,7 +177,7 @@ class Watcher:
             if not self.rules.model_selected(rm.name):
                 continue
             for alias, version in (rm.aliases or {}).items():
-                if alias in self.rules.aliases:
+                if alias in self.rules.aliases and not (self.gate and self.gate.rules.gated(rm.name, alias)):
                     result.versions_seen += 1
                     self._offer(Trigger(rm.name, str(version), "alias", alias), result, fingerprint)
 
@@ -213,6 +215,8 @@ class Watcher:
                 self._aliases(result, fingerprint)
             for rule in self.rules.tags:
                 self._tags(rule, result, fingerprint)
+            if self.gate is not None:
+                result.queued += self.gate.sync(self.client, source="watch").queued
         except Exception as exc:
             from governance.service.worker import is_transient
 

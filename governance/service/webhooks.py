@@ -84,13 +84,15 @@ def install_webhook(
     description: str | None = None,
     test: bool = False,
     client: Any = None,
+    extra_events: tuple[str, ...] = (),
 ) -> InstallResult:
-    """Create the webhook named ``name``, or update it in place when it exists (idempotent)."""
+    """Create the webhook named ``name``, or update it in place when it exists (idempotent). ``extra_events``
+    are subscribed besides the rules' (the promotion gate also needs alias removals)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigError(f"invalid receiver URL {url!r}", hint="e.g. https://governance.example.com/webhook")
     client = client or _client(tracking_uri)
-    events = rules.events
+    events = rules.events + [e for e in extra_events if e not in rules.events]
     description = description or f"governance: reports on {rules.describe()}"
     existing = [w for w in list_webhooks(tracking_uri, client=client) if w.name == name]
     if existing:
