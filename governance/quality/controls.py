@@ -139,11 +139,12 @@ def deletion_insertion_controls(figure: Any, *, random: Sequence[Any], randomise
 
 
 def record_controls(explanation: Any, controls: Iterable[Control]) -> list[Control]:
-    """Add each control to ``explanation`` through :meth:`~governance.Explanation.add_control` (which checks that
-    the figure is one of its metrics); returns the recorded controls."""
+    """Add each control to ``explanation`` through :meth:`~governance.Explanation.add_control`. The figure's value
+    is read from ``explanation.metrics`` (a KeyError names a figure that is not one of its metrics), so the
+    verdict is about exactly the number that is logged; returns the recorded controls."""
     return [explanation.add_control(c.metric, c.control_value, key=c.key, control=c.control, better=c.better,
                                     margin=c.margin, margin_rule=c.margin_rule, control_spread=c.control_spread,
-                                    draws=c.draws, label=c.label, note=c.note, value=c.value) for c in controls]
+                                    draws=c.draws, label=c.label, note=c.note) for c in controls]
 
 
 def _finite(values: Iterable[Any]) -> list[float]:
