@@ -125,14 +125,14 @@ class GradientProbe:
         step = radius * normals if self.scale is None else radius * normals * self.scale
         points = centres + step
         clipped = torch.zeros(len(points), dtype=torch.bool, device=points.device)
-        if self.clip is not None:
-            inside = points.clamp(self.clip[0], self.clip[1])
-            clipped = (inside != points).any(dim=1)
-            points = inside
+        if self.clip is None:
+            return points, normals, radius * normals, clipped
+        inside = points.clamp(self.clip[0], self.clip[1])
+        clipped = (inside != points).any(dim=1)
+        points = inside
         disp = points - centres if self.scale is None else (points - centres) / self.scale
-        if self.clip is not None:
-            norm = disp.norm(dim=1, keepdim=True)
-            normals = torch.where(norm > 0, disp / norm.clamp_min(1e-300), normals)
+        norm = disp.norm(dim=1, keepdim=True)
+        normals = torch.where(norm > 0, disp / norm.clamp_min(1e-300), normals)
         return points, normals, disp, clipped
 
     def _grad(self, points: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,8 +211,8 @@ def _cat(parts: list[_Probe]) -> _Probe:
 
 def _check_finite(p: _Probe) -> None:
     bad = ~torch.isfinite(p.phi) | ~torch.isfinite(p.score)
-    if p.grad is not None:
-        bad |= ~torch.isfinite(p.grad).all(dim=1)
+    if p.grad is not None:  # a row holding NaN or ±inf sums to NaN or ±inf: one reduction instead of P·d flags
+        bad |= ~torch.isfinite(p.grad.sum(dim=1))
     if bool(bad.any()):
         raise NonFiniteError(f"the model returned NaN or infinite scores or gradients at {int(bad.sum())} "
                              f"of {len(bad)} points on the ε-sphere")
@@ -363,7 +363,6 @@ def _descent(probe, x, targets, gens, s: FluxSettings, record) -> FluxResult:
         for _ in range(s.resolved_m()):
             p = probe(centres, u, tg, s.epsilon)
             _check_finite(p)
-            acc.evals.index_add_(0, idx, torch.ones_like(idx))
             g = p.grad
             tangent = g - (g * u).sum(dim=1, keepdim=True) * u
             gn = g.norm(dim=1, keepdim=True)
@@ -374,7 +373,7 @@ def _descent(probe, x, targets, gens, s: FluxSettings, record) -> FluxResult:
         _check_finite(p)
         neg = p.phi < 0
         acc.add(idx, p, neg, s.form)
-        acc.evals.index_add_(0, idx, torch.ones_like(idx))
+        acc.evals[chunk] += s.n_points * (s.resolved_m() + 1)
         acc.clipped += int(p.clipped.sum())
         _record(record, idx, p, neg)
     return FluxResult(acc.conditional_mean(s.form, 1), None, acc.count, acc.evals, acc.mean_score(), None,
