@@ -42,7 +42,7 @@ class QualityConfig(MethodConfig):
     randomisation: bool = True
     randomisation_mode: Literal["full", "cascading", "both"] = Field(
         "both", description="randomised-model controls and rank correlations: full randomisation, cascading, or both")
-    randomised_draws: int = Field(2, ge=1, le=20, description="fully randomised copies of the model")
+    randomised_draws: int = Field(3, ge=1, le=20, description="fully randomised copies of the model")
     cascading_steps: int = Field(4, ge=1, le=100, description="at most this many cascading checkpoints")
     seed_stability: bool = True
     stability_seeds: int = Field(3, ge=2, le=20)

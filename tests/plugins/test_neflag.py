@@ -330,7 +330,7 @@ from governance.testing import models as tm  # noqa: E402
 from governance_plugins.neflag.method import NeflagMethod  # noqa: E402
 
 SMALL = {"n_samples": 4, "quality": {"robustness_inputs": 2, "sensitivity_samples": 2, "stability_seeds": 2,
-                                     "steps": 8}}
+                                     "steps": 8, "random_draws": 3, "randomised_draws": 1, "cascading_steps": 2}}
 
 
 @pytest.fixture(scope="module")
