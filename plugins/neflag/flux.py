@@ -35,7 +35,8 @@ class NonFiniteError(ValueError):
 
 @dataclass(frozen=True)
 class FluxSettings:
-    """The estimator's hyper-parameters (defaults: spec §A2.6)."""
+    """The estimator's hyper-parameters. Defaults: the plugin's measured choice (form A, descent S4 with n = 8,
+    m = 3; plugins/neflag/README.md), except ε, which the plugin scales to the data; S3's m = 10 is the spec's."""
 
     form: Form = "A"
     sampler: Sampler = "descent"
