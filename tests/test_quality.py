@@ -326,3 +326,24 @@ def test_the_controls_example_in_docs_hooks_md_runs():
     exec(compile(block, "docs/hooks.md", "exec"), scope)
     e = scope["explanation"]
     assert e.verdicts() == {"deletion_auc": "informative", "insertion_auc": "informative"}
+
+
+def test_flat_parameter_lists_group_weights_with_their_biases():
+    """An ONNX graph's torch view holds p0, p1, ...: a cascade step must take a weight with its bias (a bias alone
+    leaves every input gradient unchanged, so the step would reproduce the trained model's map)."""
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.p0, self.p1 = torch.nn.Parameter(torch.randn(5, D)), torch.nn.Parameter(torch.randn(5))
+            self.p2, self.p3 = torch.nn.Parameter(torch.randn(2, 5)), torch.nn.Parameter(torch.randn(2))
+
+        def forward(self, x):
+            return torch.relu(x @ self.p0.T + self.p1) @ self.p2.T + self.p3
+
+    steps = list(quality.randomised_models(Flat(), mode="cascading"))
+    assert [r.layers for r in steps] == [["p2+p3"], ["p2+p3", "p0+p1"]]
+    X = np.random.default_rng(0).normal(size=(4, D)).astype(np.float32)
+    grads = [_gradients(m, X, np.ones(4, dtype=int)) for m in (Flat(), steps[0].module)]
+    assert not np.allclose(grads[0], grads[1])  # the top step changed the input gradients

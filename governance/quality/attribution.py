@@ -276,11 +276,23 @@ class RandomisationResult:
 
 
 def _parameter_groups(module: Any) -> list[tuple[str, list[str]]]:
-    """Floating-point parameters grouped by owning layer, in registration order (input to output)."""
+    """Floating-point parameters grouped by owning layer, in registration order (input to output).
+
+    A module tree groups by owner (``4.weight`` and ``4.bias`` are layer ``4``). A flat list of parameters (the
+    torch view of an ONNX graph holds its initialisers as ``p0, p1, ...``) groups by shape instead: a weight
+    (2-D or more) starts a layer and the 1-D parameters after it (its bias, a norm's scale) join it, so that a
+    cascade never randomises a bias alone (an output bias does not change any input gradient)."""
+    named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+    if len(named) > 1 and all("." not in n for n, _ in named):
+        flat: list[list[str]] = []
+        for name, p in named:
+            if p.ndim >= 2 or not flat:
+                flat.append([name])
+            else:
+                flat[-1].append(name)
+        return [("+".join(names), names) for names in flat]
     groups: dict[str, list[str]] = {}
-    for name, p in module.named_parameters():
-        if not p.is_floating_point():
-            continue
+    for name, _ in named:
         key = name.rsplit(".", 1)[0] if "." in name else name
         groups.setdefault(key, []).append(name)
     return list(groups.items())

@@ -236,9 +236,12 @@ def _control_findings(o: Outcome) -> list[str]:
             continue
         bad = [c for c in mine if not c.informative]
         if not bad:
-            out.append(f"{LABELS[m]}'s deletion and insertion AUCs are informative: each beats random attributions "
-                       f"and the randomised model by more than its margin (at least "
-                       f"{min(c.margin for c in mine):.3f}).")
+            names = {"random": "random attributions", "randomised_model": "fully randomised models",
+                     "cascading": "the cascading randomisation"}
+            used = [names.get(k, k) for k in dict.fromkeys(c.key for c in mine)]
+            out.append(f"{LABELS[m]}'s deletion and insertion AUCs are informative: each beats "
+                       f"{', '.join(used[:-1]) + ' and ' + used[-1] if len(used) > 1 else used[0]} by more than its "
+                       f"margin (at least {min(c.margin for c in mine):.3f}).")
             continue
         reasons = "; ".join(f"{c.label} {c.value:.3f} against {c.control.split(' (')[0]} {c.control_value:.3f} "
                             f"(advantage {c.advantage:+.3f}, margin {c.margin:.3f})" for c in bad)
@@ -264,5 +267,5 @@ def _summary(o: Outcome, metrics: dict[str, float]) -> str:
         bad = [h.replace("_auc", "") for h in HEADLINE if verdicts.get(h) == quality.NOT_INFORMATIVE]
         text += (" NeFLAG's deletion and insertion AUCs beat their controls (informative)." if not bad else
                  f" NeFLAG's {' and '.join(bad)} AUC{'s are' if len(bad) > 1 else ' is'} not informative: "
-                 "not better than random attributions or a randomised model by the required margin.")
+                 "not better than every control (random attributions, randomised models) by the required margin.")
     return text

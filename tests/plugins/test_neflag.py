@@ -742,3 +742,21 @@ def test_clipped_points_get_the_normal_of_their_actual_displacement():
         assert res.n_clipped > 0
         torch.testing.assert_close(r["normal"], disp / disp.norm(dim=1, keepdim=True), rtol=0, atol=1e-12)
         torch.testing.assert_close(r["phi"], r["normal"] @ W, rtol=0, atol=1e-12)
+
+
+def test_onnx_and_torch_models_get_the_same_controls(cancer, tmp_path):
+    """The ONNX graph's torch view holds flat parameters (p0, p1, ...); its randomised copies must be the same
+    functions as the torch module's, so every control matches (a cascade that shuffled an output bias alone
+    reproduced the figure exactly and made every figure 'not informative' on ONNX models)."""
+    mlp, ds = cancer
+    q = {**QUIET, "deletion_insertion": True, "controls": True, "randomisation": True, "randomised_draws": 2,
+         "steps": 10}
+    got = {}
+    for name, model in (("torch", tm.as_loaded(mlp, (30,))), ("onnx", tm.as_onnx_loaded(mlp, (30,), tmp_path))):
+        e = explain(model, ds, tmp_path / name, {"n_samples": 6, "baselines": ["integrated_gradients"], "quality": q})
+        got[name] = {(c.metric, c.key): c.control_value for c in e.controls}
+    assert got["torch"].keys() == got["onnx"].keys() and len(got["torch"]) == 2 * 2 * 3
+    for key, value in got["torch"].items():
+        assert got["onnx"][key] == pytest.approx(value, abs=1e-4), key
+    cascade = got["onnx"][("deletion_auc", "cascading")]
+    assert cascade != pytest.approx(e.metrics["deletion_auc"], abs=1e-6)
