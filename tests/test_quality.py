@@ -183,3 +183,167 @@ def test_seed_stability(rng):
     assert 0.5 < half.mean_pearson < 0.95
     with pytest.raises(ValueError):
         quality.seed_stability(lambda x, _t, s: x, X, t, [0])
+
+
+# ------------------------------------------------------------------------------- uneven step counts
+def test_step_counts_when_units_do_not_divide_evenly():
+    """30 features in 20 steps: floor(1.5 k) units, exactly (rounding the float shares gave 5, 11, 29 at k = 3, 7,
+    19, depending on the last bit of k/20)."""
+    want = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22, 24, 25, 27, 28, 30]
+    assert quality.step_counts(30, 20).tolist() == want
+    assert quality.step_counts(64, 16).tolist() == list(range(0, 65, 4))
+    assert quality.step_counts(5, 8).tolist() == [0, 0, 1, 1, 2, 3, 3, 4, 5]
+
+
+def test_deletion_auc_with_uneven_steps_matches_a_hand_computation(rng):
+    d = 30
+    w = np.linspace(-1.0, 2.0, d)
+    X = rng.normal(size=(2, d))
+    fn = lambda x: np.stack([np.zeros(len(x)), x.reshape(len(x), -1) @ w], 1)  # noqa: E731
+    A = w * X
+    res = quality.deletion_insertion(fn, X, A, np.zeros(d), 1, steps=20)
+    counts = [k * d // 20 for k in range(21)]
+    for i in range(2):
+        order = np.argsort(-A[i], kind="stable")
+        curve = [sigmoid(w @ np.where(np.isin(np.arange(d), order[:c]), 0.0, X[i])) for c in counts]
+        np.testing.assert_allclose(res.deletion[i], curve, atol=1e-12)
+        x = np.asarray(counts) / d
+        assert res.deletion_auc[i] == pytest.approx(np.trapezoid(curve, x), abs=1e-12)
+    np.testing.assert_allclose(res.fractions, np.asarray(counts) / d)
+
+
+# ---------------------------------------------------------------------- common random numbers
+def test_max_sensitivity_of_a_stochastic_explainer_needs_common_random_numbers(rng):
+    """A noisy explainer Φ(x) = x + noise(seed): explaining each perturbed copy with its input's own seed
+    (perturbed_sources) measures the input's effect (~ radius); fresh seeds measure the noise."""
+    X = rng.normal(size=(3, D)) + 3.0
+    t = np.zeros(3, dtype=int)
+    seeds = np.array([11, 12, 13])
+
+    def noisy(x, seeds_of_rows):
+        return x + np.stack([np.random.default_rng(s).normal(size=x.shape[1:]) for s in seeds_of_rows])
+
+    base = noisy(X, seeds)
+    src = quality.perturbed_sources(3, 4)
+    assert src.tolist() == [0, 1, 2] * 4
+    crn = quality.max_sensitivity(lambda x, _t: noisy(x, seeds[src]), X, t, radius=1e-6, n_samples=4,
+                                  rng=np.random.default_rng(0), attributions=base)
+    fresh = quality.max_sensitivity(lambda x, _t: noisy(x, 100 + np.arange(len(x))), X, t, radius=1e-6,
+                                    n_samples=4, rng=np.random.default_rng(0), attributions=base)
+    assert np.all(crn < 1e-5)
+    assert np.all(fresh > 0.1)
+
+
+# ------------------------------------------------------------------------------- randomised copies
+def test_randomised_models_full_and_cascading(rng):
+    module = _mlp()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    full = list(quality.randomised_models(module, mode="full", draws=2, seed=5))
+    assert [r.mode for r in full] == ["full", "full"] and full[0].layers == ["2", "0"]
+    w = [dict(r.module.named_parameters())["0.weight"] for r in full]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[0], module[0].weight)
+    torch.testing.assert_close(w[0].flatten().sort().values, module[0].weight.flatten().sort().values)  # a permutation
+    cascade = list(quality.randomised_models(module, mode="cascading", seed=5))
+    assert [r.layers for r in cascade] == [["2"], ["2", "0"]]
+    top_only = cascade[0].module  # kept while the cascade went on: still only the top layer randomised
+    assert torch.equal(top_only[0].weight, module[0].weight) and not torch.equal(top_only[2].weight, module[2].weight)
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_cascading_checkpoints_are_capped_and_keep_both_ends():
+    deep = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(9)])
+    steps = list(quality.randomised_models(deep, mode="cascading", max_steps=4))
+    assert [len(r.layers) for r in steps] == [1, 4, 6, 9]
+    assert steps[0].layers == ["8"] and steps[-1].label.startswith("all layers")
+
+
+# -------------------------------------------------------------------------------------- controls
+def _game(deletion_auc, insertion_auc, span=1.0):
+    """A DeletionInsertion with given AUCs: two-point curves with these means, apart by ``span`` at one end."""
+    fr = np.array([0.0, 1.0])
+    dele = np.array([[deletion_auc + span / 2, deletion_auc - span / 2]])
+    ins = np.array([[insertion_auc - span / 2, insertion_auc + span / 2]])
+    return quality.DeletionInsertion(fr, dele, ins, np.array([deletion_auc]), np.array([insertion_auc]))
+
+
+def test_control_margin_rule_and_verdicts():
+    figure = _game(0.10, 0.90, span=0.6)
+    random = [_game(0.40, 0.45, 0.6), _game(0.42, 0.47, 0.6), _game(0.44, 0.49, 0.6)]
+    randomised = [quality.RandomisedGame("full", "all layers randomised (seed 0)", _game(0.12, 0.60, 0.6)),
+                  quality.RandomisedGame("cascading", "top layer", _game(0.30, 0.85, 0.6))]
+    cs = {(c.metric, c.key): c for c in quality.deletion_insertion_controls(
+        figure, random=random, randomised=randomised, prefix="ig_", method_label="IG")}
+    r = cs[("ig_deletion_auc", "random")]
+    assert r.control_value == pytest.approx(0.42) and r.control_spread == pytest.approx(0.02) and r.draws == 3
+    # span: every curve point lies in [0.1 - 0.3, 0.9 + 0.3] on the only input -> 1.4; 5 % of it = 0.07 > 2 sd
+    assert r.margin == pytest.approx(0.07) and r.verdict == "informative" and r.label == "IG deletion AUC"
+    full = cs[("ig_deletion_auc", "randomised_model")]  # one copy: the noise allowance is the random draws'
+    assert full.control_value == pytest.approx(0.12) and full.advantage == pytest.approx(0.02)
+    assert full.verdict == "not informative" and "random draws" in full.margin_rule
+    cas = cs[("ig_insertion_auc", "cascading")]
+    assert cas.better == "higher" and cas.control_value == pytest.approx(0.85) and cas.verdict == "not informative"
+    assert cs[("ig_insertion_auc", "random")].verdict == "informative"
+    assert quality.figure_verdicts(list(cs.values())) == {"ig_deletion_auc": "not informative",
+                                                          "ig_insertion_auc": "not informative"}
+
+
+def test_a_flat_model_is_never_informative_a_steep_one_is(rng):
+    """The same perfect attribution (w ⊙ x) against random maps: on a model whose probability moves by less than
+    the 0.02 floor it cannot be informative; on a steep one it is."""
+    X = rng.normal(size=(16, D))
+    for gain, want in ((0.005, "not informative"), (1.0, "informative")):
+        fn = lambda x, g=gain: np.stack([np.zeros(len(x)), g * (x.reshape(len(x), -1) @ W)], 1)  # noqa: E731
+        game = lambda a, fn=fn: quality.deletion_insertion(fn, X, a, np.zeros(D), 1, steps=D)  # noqa: E731
+        figure = game(W * X)
+        random = [game(a) for a in quality.random_maps(X.shape, 5, np.random.default_rng(1))]
+        cs = quality.deletion_insertion_controls(figure, random=random)
+        assert quality.output_span([figure, *random]) < 0.02 if gain < 1 else True
+        assert {c.verdict for c in cs} == {want}, [c.to_dict() for c in cs]
+
+
+def test_record_controls_goes_through_add_control():
+    from governance import Explanation
+
+    e = Explanation(method="m", metrics={"deletion_auc": 0.1, "insertion_auc": 0.9})
+    cs = quality.deletion_insertion_controls(_game(0.1, 0.9), random=[_game(0.4, 0.5), _game(0.45, 0.5)])
+    got = quality.record_controls(e, cs)
+    assert e.controls == got and len(got) == 2 and e.verdicts() == {"deletion_auc": "informative",
+                                                                    "insertion_auc": "informative"}
+    with pytest.raises(KeyError, match="not one of this explanation's metrics"):
+        quality.record_controls(Explanation(method="m"), cs)
+
+
+def test_the_controls_example_in_docs_hooks_md_runs():
+    """docs/hooks.md's Controls example is real code: run it."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "hooks.md").read_text()
+    section = text[text.index("## Controls"):]
+    block = section[section.index("```python") + len("```python"):]
+    block = block[:block.index("```")]
+    scope: dict = {}
+    exec(compile(block, "docs/hooks.md", "exec"), scope)
+    e = scope["explanation"]
+    assert e.verdicts() == {"deletion_auc": "informative", "insertion_auc": "informative"}
+
+
+def test_flat_parameter_lists_group_weights_with_their_biases():
+    """An ONNX graph's torch view holds p0, p1, ...: a cascade step must take a weight with its bias (a bias alone
+    leaves every input gradient unchanged, so the step would reproduce the trained model's map)."""
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.p0, self.p1 = torch.nn.Parameter(torch.randn(5, D)), torch.nn.Parameter(torch.randn(5))
+            self.p2, self.p3 = torch.nn.Parameter(torch.randn(2, 5)), torch.nn.Parameter(torch.randn(2))
+
+        def forward(self, x):
+            return torch.relu(x @ self.p0.T + self.p1) @ self.p2.T + self.p3
+
+    steps = list(quality.randomised_models(Flat(), mode="cascading"))
+    assert [r.layers for r in steps] == [["p2+p3"], ["p2+p3", "p0+p1"]]
+    X = np.random.default_rng(0).normal(size=(4, D)).astype(np.float32)
+    grads = [_gradients(m, X, np.ones(4, dtype=int)) for m in (Flat(), steps[0].module)]
+    assert not np.allclose(grads[0], grads[1])  # the top step changed the input gradients

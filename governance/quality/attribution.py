@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -98,7 +98,7 @@ def _nanmean(x: np.ndarray) -> float:
 class DeletionInsertion:
     """Curves and AUCs of the deletion and insertion games, one row per explained input."""
 
-    fractions: np.ndarray  # (steps+1,) share of units removed / restored
+    fractions: np.ndarray  # (steps+1,) share of units removed / restored (counts / units, see step_counts)
     deletion: np.ndarray  # (n, steps+1) target-class probability while deleting
     insertion: np.ndarray  # (n, steps+1) target-class probability while inserting
     deletion_auc: np.ndarray  # (n,) lower is better
@@ -116,6 +116,15 @@ class DeletionInsertion:
     def mean_difference_auc(self) -> float:
         """AUC of insertion − deletion (the NeFLAG paper's headline score; higher is better)."""
         return float(np.mean(self.insertion_auc - self.deletion_auc))
+
+
+def step_counts(n_units: int, steps: int) -> np.ndarray:
+    """Units moved after each of ``steps`` equal steps: ``floor(k * n_units / steps)`` for k = 0..steps, in exact
+    integer arithmetic. (Rounding the float shares instead made 30 features in 20 steps move 5, 11, 29 units
+    where 4.5, 10.5, 28.5 were meant, depending on the last bit of ``k / steps``.) When units do not divide
+    evenly the steps are unequal; the curves' x-axis is then the share actually moved, ``counts / n_units``."""
+    k = np.arange(steps + 1, dtype=np.int64)
+    return (k * int(n_units)) // int(steps)
 
 
 def _auc(curves: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -140,7 +149,7 @@ def deletion_insertion(
 
     Units (features, or pixels when ``channel_axis`` names the channel axis of one sample: then the
     attribution is summed over channels and a pixel is removed in every channel) are ranked by attribution,
-    largest first; ties are broken at random. Deletion moves the top ``k/steps`` share of units to
+    largest first; ties are broken at random. Deletion moves the top ``floor(k * units / steps)`` units to
     ``baseline`` (the substrate: zeros for images, feature means for tabular data); insertion starts from
     the baseline and restores them. The curve is the softmax probability of the target class; the AUC is
     the normalised trapezoid over the share in [0, 1]. All steps of all inputs go through ``model_fn`` in
@@ -171,8 +180,8 @@ def deletion_insertion(
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(n_units)[None, :].repeat(n, 0), axis=1)
 
-    fractions = np.linspace(0.0, 1.0, steps + 1)
-    counts = np.rint(fractions * n_units).astype(np.int64)
+    counts = step_counts(n_units, steps)
+    fractions = counts / n_units  # the share actually moved at each step (the AUC's x-axis)
 
     d = int(np.prod(sample_shape)) if sample_shape else 1
     rows_per_sample = 2 * (steps + 1)
@@ -216,6 +225,11 @@ def max_sensitivity(
     data). Divided by ‖Φ(x)‖ (Captum's convention, with 0 norms read as 1) so that methods whose
     attributions live on different scales can be compared. All perturbed copies are explained in one
     ``attr_fn`` call. Lower is better.
+
+    The batch ``attr_fn`` receives is perturbation-major: row ``j * n + i`` is a perturbed copy of input ``i``
+    (:func:`perturbed_sources` gives ``i`` for every row). A stochastic explainer must explain each copy with
+    the random numbers it used for input ``i`` itself (common random numbers); with fresh draws the figure
+    measures its Monte-Carlo noise, not its sensitivity to the input (it stays large as ``radius`` -> 0).
     """
     X = np.asarray(X)
     targets = np.asarray(targets)
@@ -230,6 +244,11 @@ def max_sensitivity(
     norms = np.linalg.norm(base, axis=1)
     norms = np.where(norms > 0, norms, 1.0)
     return (np.linalg.norm(Ap - base[None], axis=2) / norms[None]).max(axis=0)
+
+
+def perturbed_sources(n_inputs: int, n_samples: int) -> np.ndarray:
+    """For each row of the batch :func:`max_sensitivity` explains, the index of the input it perturbs."""
+    return np.tile(np.arange(n_inputs), n_samples)
 
 
 # ---------------------------------------------------------------------------- randomisation sanity check
@@ -257,11 +276,23 @@ class RandomisationResult:
 
 
 def _parameter_groups(module: Any) -> list[tuple[str, list[str]]]:
-    """Floating-point parameters grouped by owning layer, in registration order (input to output)."""
+    """Floating-point parameters grouped by owning layer, in registration order (input to output).
+
+    A module tree groups by owner (``4.weight`` and ``4.bias`` are layer ``4``). A flat list of parameters (the
+    torch view of an ONNX graph holds its initialisers as ``p0, p1, ...``) groups by shape instead: a weight
+    (2-D or more) starts a layer and the 1-D parameters after it (its bias, a norm's scale) join it, so that a
+    cascade never randomises a bias alone (an output bias does not change any input gradient)."""
+    named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+    if len(named) > 1 and all("." not in n for n, _ in named):
+        flat: list[list[str]] = []
+        for name, p in named:
+            if p.ndim >= 2 or not flat:
+                flat.append([name])
+            else:
+                flat[-1].append(name)
+        return [("+".join(names), names) for names in flat]
     groups: dict[str, list[str]] = {}
-    for name, p in module.named_parameters():
-        if not p.is_floating_point():
-            continue
+    for name, _ in named:
         key = name.rsplit(".", 1)[0] if "." in name else name
         groups.setdefault(key, []).append(name)
     return list(groups.items())
@@ -277,6 +308,73 @@ def _shuffle_(tensor: Any, gen: Any) -> None:
     tensor.data.copy_(flat[perm].reshape(tensor.shape))
 
 
+@dataclass
+class RandomisedModel:
+    """A deep copy of a torch module with some of its layers' weights randomised (Adebayo et al. 2018).
+
+    ``mode`` is ``"full"`` (every layer at once) or ``"cascading"`` (cumulatively from the output layer down);
+    ``layers`` names the layer groups randomised so far, top first; ``label`` says it in words."""
+
+    mode: str
+    label: str
+    layers: list[str]
+    module: Any
+
+
+def _cascade_checkpoints(n_groups: int, max_steps: int | None) -> list[int]:
+    """How many top layer groups are randomised at each reported cascading step: every count 1..n, or at most
+    ``max_steps`` of them spread evenly, always with the top layer alone first and all layers last."""
+    if max_steps is None or n_groups <= max_steps:
+        return list(range(1, n_groups + 1))
+    if max_steps < 2:
+        return [n_groups]
+    return sorted({int(round(v)) for v in np.linspace(1, n_groups, max_steps)})
+
+
+def randomised_models(module: Any, *, mode: Literal["full", "cascading"] = "full", draws: int = 1, seed: int = 0,
+                      max_steps: int | None = None) -> Iterator[RandomisedModel]:
+    """Randomised deep copies of ``module`` (the user's model is never touched), one at a time.
+
+    ``mode="full"``: ``draws`` copies, copy ``j`` with every layer randomised from seed ``seed + j``.
+    ``mode="cascading"``: one copy randomised layer group by layer group from the output back to the input,
+    yielded after each group (or at ``max_steps`` evenly spread checkpoints). Randomisation permutes each weight
+    tensor's entries (see :func:`_shuffle_`). Each yielded module is a copy of its own: keeping it is safe."""
+    import torch
+
+    if mode not in ("full", "cascading"):
+        raise ValueError(f"mode must be 'full' or 'cascading', not {mode!r}")
+    if not _parameter_groups(module):
+        raise ValueError("the module has no floating-point parameters to randomise")
+    if mode == "full":
+        for j in range(int(draws)):
+            clone = copy.deepcopy(module)
+            groups = _parameter_groups(clone)
+            params = dict(clone.named_parameters())
+            gen = torch.Generator().manual_seed(int(seed) + j)
+            with torch.no_grad():
+                for _, names in groups:
+                    for name in names:
+                        _shuffle_(params[name], gen)
+            yield RandomisedModel("full", f"all layers randomised (seed {int(seed) + j})",
+                                  [g for g, _ in reversed(groups)], clone)
+        return
+    clone = copy.deepcopy(module)
+    top_first = list(reversed(_parameter_groups(clone)))
+    params = dict(clone.named_parameters())
+    gen = torch.Generator().manual_seed(int(seed))
+    done = 0
+    for upto in _cascade_checkpoints(len(top_first), max_steps):
+        with torch.no_grad():
+            for _, names in top_first[done:upto]:
+                for name in names:
+                    _shuffle_(params[name], gen)
+        done = upto
+        layers = [g for g, _ in top_first[:upto]]
+        label = (f"layers {', '.join(layers)} randomised (top first)" if upto < len(top_first)
+                 else "all layers randomised (cascade complete)")
+        yield RandomisedModel("cascading", label, layers, copy.deepcopy(clone))
+
+
 def randomisation_sanity_check(
     module: Any,
     attr_fn: Callable[[Any, np.ndarray, np.ndarray], np.ndarray],
@@ -289,39 +387,25 @@ def randomisation_sanity_check(
 ) -> RandomisationResult:
     """Model-parameter randomisation test (Adebayo et al. 2018).
 
-    Works on a deep COPY of the torch module (the user's model is never touched). ``attr_fn(module, X,
-    targets)`` explains with the given module. ``mode="full"`` randomises every layer at once;
-    ``"cascading"`` randomises layer groups from the output back to the input, explaining after each.
-    Randomisation permutes each weight tensor's entries (see :func:`_shuffle_`). Low rank correlation
+    Works on deep COPIES of the torch module (see :func:`randomised_models`). ``attr_fn(module, X, targets)``
+    explains with the given module. ``mode="full"`` randomises every layer at once; ``"cascading"``
+    randomises layer groups from the output back to the input, explaining after each. Low rank correlation
     with the trained model's attributions means the explanation depends on what the model learned: the
     method passes. High correlation means it would look the same for an untrained model.
     """
-    import torch
-
     X = np.asarray(X)
     targets = np.asarray(targets)
     if attributions is None:
         attributions = attr_fn(module, X, targets)
     ref = np.asarray(attributions, dtype=np.float64)
-    clone = copy.deepcopy(module)
-    groups = _parameter_groups(clone)
-    if not groups:
-        raise ValueError("the module has no floating-point parameters to randomise")
-    params = dict(clone.named_parameters())
-    gen = torch.Generator().manual_seed(int(seed))
-    steps = [groups] if mode == "full" else [[g] for g in reversed(groups)]
     layers: list[dict[str, Any]] = []
     rho = rho_abs = np.full(len(X), np.nan)
-    for step in steps:
-        with torch.no_grad():
-            for _, names in step:
-                for name in names:
-                    _shuffle_(params[name], gen)
-        got = np.asarray(attr_fn(clone, X, targets), dtype=np.float64)
+    for rm in randomised_models(module, mode=mode, seed=seed):
+        got = np.asarray(attr_fn(rm.module, X, targets), dtype=np.float64)
         rho = spearman_rows(ref, got)
         rho_abs = spearman_rows(np.abs(ref), np.abs(got))
         if mode == "cascading":
-            layers.append({"layer": step[0][0], "spearman": _nanmean(rho), "spearman_abs": _nanmean(rho_abs)})
+            layers.append({"layer": rm.layers[-1], "spearman": _nanmean(rho), "spearman_abs": _nanmean(rho_abs)})
     return RandomisationResult(mode, rho, rho_abs, layers)
 
 

@@ -43,15 +43,24 @@ class Attributor:
     ig_steps: int = 50
     predict: Callable[[np.ndarray], np.ndarray] | None = None  # forward-only path (finite differences)
     seed: int = 0
+    times_input: bool = True  # NeFLAG's map: the flux map ⊙ (x − baseline) (map="times_input"), or the flux map
     last: dict[str, Any] = field(default_factory=dict)  # diagnostics of the latest NeFLAG call
 
     def _tensor(self, X: np.ndarray, module: Any) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(X, dtype=self.dtype)).to(module_device(module))
 
+    def seeds(self, n: int, stream: int = 0) -> list[int]:
+        """The sphere seeds of inputs 0..n-1 (a prefix of a longer call's: input i's seed never depends on n)."""
+        return input_seeds(self.seed, n, stream)
+
     # ------------------------------------------------------------------------------------------ NeFLAG
-    def neflag(self, X: np.ndarray, targets: np.ndarray, *, stream: int = 0, module: Any = None) -> np.ndarray:
-        """NeFLAG attributions (z-units) with the shape of ``X``. ``module`` replaces the model's torch view
-        (randomisation check); with finite differences and no replacement, forward passes use ``predict``."""
+    def neflag(self, X: np.ndarray, targets: np.ndarray, *, stream: int = 0, seeds: list[int] | None = None,
+               module: Any = None) -> np.ndarray:
+        """NeFLAG attributions with the shape of ``X``: the flux map (z-units) times (x − baseline) in the same
+        units (score units), or the flux map alone. ``seeds`` (one per row) overrides the seeds of ``stream``,
+        e.g. to explain perturbed copies of an input with that input's own sphere points (common random
+        numbers). ``module`` replaces the model's torch view (randomisation controls); with finite differences
+        and no replacement, forward passes use ``predict``."""
         mod = self.module if module is None else module
         x = self._tensor(X, mod)
         if self.settings.derivative == "finite_difference":
@@ -63,9 +72,16 @@ class Attributor:
             score = gradient_score_fn(mod, self.kind, self.output)
         t = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=x.device)
         sc = None if self.scale is None else torch.as_tensor(self.scale, dtype=x.dtype, device=x.device)
-        result = flux.neflag(score, x, t, self.settings, input_seeds(self.seed, len(X), stream), scale=sc)
+        seeds = self.seeds(len(X), stream) if seeds is None else [int(v) for v in seeds]
+        result = flux.neflag(score, x, t, self.settings, seeds, scale=sc)
         self.last = {"result": result, "score_fn": score, "x": x, "targets": t}
-        return result.attribution.reshape(X.shape).detach().cpu().numpy()
+        flux_map = result.attribution.reshape(X.shape).detach().cpu().numpy()
+        return (flux_map * self.displacement(X)).astype(flux_map.dtype) if self.times_input else flux_map
+
+    def displacement(self, X: np.ndarray) -> np.ndarray:
+        """x − baseline in the sphere's units (z-units when features are scaled), the factor of map="times_input"."""
+        diff = np.asarray(X, dtype=np.float64) - np.asarray(self.baseline, dtype=np.float64)[None]
+        return diff if self.scale is None else diff / np.asarray(self.scale, dtype=np.float64)[None]
 
     # --------------------------------------------------------------------------------------- baselines
     def integrated_gradients(self, X: np.ndarray, targets: np.ndarray, *, module: Any = None) -> np.ndarray:
@@ -95,9 +111,10 @@ class Attributor:
             parts.append(sal.attribute(x, target=t, abs=True).detach().cpu().numpy())
         return np.concatenate(parts)
 
-    def run(self, method: str, X: np.ndarray, targets: np.ndarray, *, module: Any = None, stream: int = 0) -> np.ndarray:
+    def run(self, method: str, X: np.ndarray, targets: np.ndarray, *, module: Any = None, stream: int = 0,
+            seeds: list[int] | None = None) -> np.ndarray:
         if method == "neflag":
-            return self.neflag(X, targets, stream=stream, module=module)
+            return self.neflag(X, targets, stream=stream, seeds=seeds, module=module)
         if method == "integrated_gradients":
             return self.integrated_gradients(X, targets, module=module)
         if method == "saliency":

@@ -35,14 +35,15 @@ class NonFiniteError(ValueError):
 
 @dataclass(frozen=True)
 class FluxSettings:
-    """The estimator's hyper-parameters (defaults: spec §A2.6)."""
+    """The estimator's hyper-parameters. Defaults: the plugin's measured choice (form A, descent S4 with n = 8,
+    m = 3; plugins/neflag/README.md), except ε, which the plugin scales to the data; S3's m = 10 is the spec's."""
 
-    form: Form = "B"
-    sampler: Sampler = "rejection"
-    epsilon: float = 0.1  # ε, sphere radius in z-units
-    n_points: int = 20  # n: negative-flux points (S3) or descent starts (S4)
+    form: Form = "A"
+    sampler: Sampler = "descent"
+    epsilon: float = 0.1  # ε, sphere radius in z-units (the plugin scales it to the data)
+    n_points: int = 8  # n: negative-flux points (S3) or descent starts (S4)
     n_directions: int | None = None  # N: directions for S1/S2 (2N points); None -> min(d, 1024)
-    m: int | None = None  # tries per point (S3, default 10) or descent steps (S4, default 5)
+    m: int | None = None  # tries per point (S3, default 10) or descent steps (S4, default 3)
     step_size: float = 0.5  # η for S4
     derivative: Derivative = "gradient"  # "finite_difference": form A only, forward passes only
     fd_step: float | None = None  # h for central differences; None -> 1e-3·ε (float32) / 1e-5·ε (float64)
@@ -53,7 +54,7 @@ class FluxSettings:
     def resolved_m(self) -> int:
         if self.m is not None:
             return int(self.m)
-        return 5 if self.sampler == "descent" else 10
+        return 3 if self.sampler == "descent" else 10
 
     def resolved_directions(self, d: int) -> int:
         return int(self.n_directions) if self.n_directions else min(d, 1024)
@@ -125,14 +126,14 @@ class GradientProbe:
         step = radius * normals if self.scale is None else radius * normals * self.scale
         points = centres + step
         clipped = torch.zeros(len(points), dtype=torch.bool, device=points.device)
-        if self.clip is not None:
-            inside = points.clamp(self.clip[0], self.clip[1])
-            clipped = (inside != points).any(dim=1)
-            points = inside
+        if self.clip is None:
+            return points, normals, radius * normals, clipped
+        inside = points.clamp(self.clip[0], self.clip[1])
+        clipped = (inside != points).any(dim=1)
+        points = inside
         disp = points - centres if self.scale is None else (points - centres) / self.scale
-        if self.clip is not None:
-            norm = disp.norm(dim=1, keepdim=True)
-            normals = torch.where(norm > 0, disp / norm.clamp_min(1e-300), normals)
+        norm = disp.norm(dim=1, keepdim=True)
+        normals = torch.where(norm > 0, disp / norm.clamp_min(1e-300), normals)
         return points, normals, disp, clipped
 
     def _grad(self, points: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,8 +212,8 @@ def _cat(parts: list[_Probe]) -> _Probe:
 
 def _check_finite(p: _Probe) -> None:
     bad = ~torch.isfinite(p.phi) | ~torch.isfinite(p.score)
-    if p.grad is not None:
-        bad |= ~torch.isfinite(p.grad).all(dim=1)
+    if p.grad is not None:  # a row holding NaN or ±inf sums to NaN or ±inf: one reduction instead of P·d flags
+        bad |= ~torch.isfinite(p.grad.sum(dim=1))
     if bool(bad.any()):
         raise NonFiniteError(f"the model returned NaN or infinite scores or gradients at {int(bad.sum())} "
                              f"of {len(bad)} points on the ε-sphere")
@@ -245,7 +246,8 @@ class _Accumulator:
         return torch.where(self.count > 0, self.score / self.count.clamp_min(1), nan)
 
     def conditional_mean(self, form: Form, d: int) -> torch.Tensor:
-        """Mean over accepted points with the explicit 0/0 guard (oracle N7): zero where none."""
+        """Mean over accepted points with the explicit 0/0 guard (oracle N7): zero where none. Form A is
+        scaled by d (S3's normalisation; a factor 1 is passed for S4, whose points concentrate at −ĝ)."""
         total = self.phi_nu * d if form == "A" else self.contrib
         return total / self.count.clamp_min(1)[:, None].to(total.dtype)
 
@@ -345,7 +347,12 @@ def _rejection(probe, x, targets, gens, s: FluxSettings, record) -> FluxResult:
 
 def _descent(probe, x, targets, gens, s: FluxSettings, record) -> FluxResult:
     """S4: from n random directions, m projected steps that lower f on the sphere, then keep the final
-    point if its flux is negative."""
+    point if its flux is negative.
+
+    Form A is the plain mean of φ·ν over the kept points, without S3's factor d: S3's factor assumes points
+    spread evenly over the negative half-sphere, whereas descent concentrates them where the flux is most
+    negative, around u = −ĝ, where φ·ν = ∇f for a linear model. So S4's form A tends to ∇f as m grows (with the
+    factor d it would tend to d·∇f)."""
     n, d = x.shape
     acc = _Accumulator(n, d, x.dtype, x.device)
     per_chunk = max(1, s.max_batch // s.n_points)
@@ -357,7 +364,6 @@ def _descent(probe, x, targets, gens, s: FluxSettings, record) -> FluxResult:
         for _ in range(s.resolved_m()):
             p = probe(centres, u, tg, s.epsilon)
             _check_finite(p)
-            acc.evals.index_add_(0, idx, torch.ones_like(idx))
             g = p.grad
             tangent = g - (g * u).sum(dim=1, keepdim=True) * u
             gn = g.norm(dim=1, keepdim=True)
@@ -368,10 +374,10 @@ def _descent(probe, x, targets, gens, s: FluxSettings, record) -> FluxResult:
         _check_finite(p)
         neg = p.phi < 0
         acc.add(idx, p, neg, s.form)
-        acc.evals.index_add_(0, idx, torch.ones_like(idx))
+        acc.evals[chunk] += s.n_points * (s.resolved_m() + 1)
         acc.clipped += int(p.clipped.sum())
         _record(record, idx, p, neg)
-    return FluxResult(acc.conditional_mean(s.form, d), None, acc.count, acc.evals, acc.mean_score(), None,
+    return FluxResult(acc.conditional_mean(s.form, 1), None, acc.count, acc.evals, acc.mean_score(), None,
                       acc.clipped, _stack(record))
 
 

@@ -16,6 +16,10 @@ FORM_LABELS = {
     "A": "form A (projected: 2d·E[min(0, ∇f·u)·u])",
     "B": "form B (per feature: −ε·E[∇f ⊙ u | ∇f·u < 0])",
 }
+MAP_LABELS = {
+    "times_input": "flux map × (x − baseline) (heat map × input)",
+    "flux": "flux map alone",
+}
 SAMPLER_LABELS = {
     "rejection": "S3, rejection: n negative-flux points (NeFLAG-n)",
     "uniform_antithetic": "S1, uniform antithetic pairs",
@@ -25,32 +29,46 @@ SAMPLER_LABELS = {
 
 
 class QualityConfig(MethodConfig):
-    """Which explanation-quality metrics to compute (governance.quality), for NeFLAG and each baseline."""
+    """Which explanation-quality metrics and controls to compute (governance.quality), for NeFLAG and each
+    baseline."""
 
     deletion_insertion: bool = True
     steps: int = Field(20, ge=2, le=2000, description="deletion/insertion steps (share of units per step = 1/steps)")
+    controls: bool = True
+    random_draws: int = Field(5, ge=2, le=100, description="random-attribution maps for the 'random' control")
     max_sensitivity: bool = True
     sensitivity_radius: float = Field(0.02, gt=0, description="L∞ perturbation radius (z-units for tabular data)")
     sensitivity_samples: int = Field(5, ge=1, le=100)
     randomisation: bool = True
-    randomisation_mode: Literal["full", "cascading"] = "full"
+    randomisation_mode: Literal["full", "cascading", "both"] = Field(
+        "both", description="randomised-model controls and rank correlations: full randomisation, cascading, or both")
+    randomised_draws: int = Field(3, ge=1, le=20, description="fully randomised copies of the model")
+    cascading_steps: int = Field(4, ge=1, le=100, description="at most this many cascading checkpoints")
     seed_stability: bool = True
     stability_seeds: int = Field(3, ge=2, le=20)
-    robustness_inputs: int = Field(8, ge=1, description="inputs used for sensitivity, randomisation, stability")
+    robustness_inputs: int = Field(8, ge=1, description="inputs used for sensitivity and stability")
 
 
 class NeflagConfig(MethodConfig):
-    """NeFLAG's hyper-parameters (spec §A2.6 defaults) and the run's scope."""
+    """NeFLAG's hyper-parameters and the run's scope. The defaults are this reconstruction's measured choice
+    (plugins/neflag/README.md; benchmarks/bench_neflag.py): form A, descent sampler S4 with n = 8 starts and
+    m = 3 steps, ε = σ·√d, logit output, the flux map multiplied by (x − baseline)."""
 
-    epsilon: float = Field(0.1, gt=0, description="ε, radius of the sphere, in model-input units (z-units for tabular)")
-    n_points: int = Field(20, ge=1, le=10_000, description="n, negative-flux points per input (NeFLAG-n)")
-    m: int | None = Field(None, ge=1, le=1000, description="tries per point (rejection, default 10) or steps (descent, default 5)")
+    epsilon: float | None = Field(None, gt=0, description=(
+        "ε, radius of the sphere in model-input units (z-units for tabular data); default: epsilon_scale·σ·√d"))
+    epsilon_scale: float = Field(1.0, gt=0, description=(
+        "ε in units of σ·√d, the data's RMS distance from its mean (σ² = mean per-feature variance in the "
+        "sphere's units, d = features); used when epsilon is not set"))
+    n_points: int = Field(8, ge=1, le=10_000, description="n, negative-flux points (rejection) or descent starts per input")
+    m: int | None = Field(None, ge=1, le=1000, description="tries per point (rejection, default 10) or steps (descent, default 3)")
     antipodes: Literal["lazy", "paired"] = "lazy"
-    form: Literal["auto", "A", "B"] = "auto"
-    sampler: Literal["auto", "rejection", "uniform_antithetic", "orthogonal_antithetic", "descent"] = "auto"
+    form: Literal["A", "B"] = "A"
+    sampler: Literal["rejection", "uniform_antithetic", "orthogonal_antithetic", "descent"] = "descent"
     n_directions: int | None = Field(None, ge=1, description="N for the antithetic samplers (2N points); default min(d, 1024)")
     step_size: float = Field(0.5, gt=0, description="η for the descent sampler")
-    output: Literal["prob", "logit", "log_prob"] = "prob"
+    output: Literal["prob", "logit", "log_prob"] = "logit"
+    map: Literal["times_input", "flux"] = Field("times_input", description=(
+        "'times_input': the flux map multiplied by (x − baseline), heat map × input; 'flux': the flux map alone"))
     derivative: Literal["gradient", "finite_difference"] = "gradient"
     feature_scale: Literal["auto", "std", "none"] = "auto"
     input_range: tuple[float, float] | None = None
@@ -77,7 +95,7 @@ class NeflagConfig(MethodConfig):
 
 class NeflagMethod(Method):
     name = "neflag"
-    version = "1.0.0"
+    version = "2.0.0"
     title = "NeFLAG: negative flux aggregation"
     description = (
         "Attributes a classifier's decision to input features through the gradient field around the input: "

@@ -330,7 +330,7 @@ from governance.testing import models as tm  # noqa: E402
 from governance_plugins.neflag.method import NeflagMethod  # noqa: E402
 
 SMALL = {"n_samples": 4, "quality": {"robustness_inputs": 2, "sensitivity_samples": 2, "stability_seeds": 2,
-                                     "steps": 8}}
+                                     "steps": 8, "random_draws": 3, "randomised_draws": 1, "cascading_steps": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -357,16 +357,16 @@ def test_plugin_on_digits_cnn_torch(digits, tmp_path):
     model = tm.as_loaded(cnn, (1, 8, 8))
     assert NeflagMethod.can_explain(model=model, data=ds) is None
     e = explain(model, ds, tmp_path)
-    assert e.ok and e.summary.startswith("NeFLAG-20 (form B")
+    assert e.ok and e.summary.startswith("NeFLAG (form A, descent sampler, n = 8, m = 3")
     for key in ("neflag", "integrated_gradients", "saliency", "inputs"):
         assert e.arrays[key].shape == (4, 1, 8, 8)
     assert e.arrays["targets"].shape == (4,)
     for key in ("deletion_auc", "insertion_auc", "ig_deletion_auc", "saliency_insertion_auc", "max_sensitivity",
                 "randomisation_spearman", "ig_randomisation_spearman", "seed_stability", "seconds_per_input",
-                "ig_seconds_per_input", "completeness_gap"):
+                "ig_seconds_per_input", "epsilon"):
         assert np.isfinite(e.metrics[key]), key
     assert all(0 <= e.metrics[k] <= 1 for k in ("deletion_auc", "insertion_auc", "ig_deletion_auc"))
-    assert e.metrics["negative_points_mean"] == 20
+    assert e.metrics["evaluations_per_input"] == 8 * 4  # n starts x (m steps + the final probe)
     assert set(e.figures) == {"attribution_maps", "deletion_insertion"}
     assert all(p.exists() and p.stat().st_size > 1000 for p in e.figures.values())
     html = render_method_section(NeflagMethod, e.to_dict(), {k: p.name for k, p in e.figures.items()})
@@ -397,9 +397,10 @@ def test_plugin_on_tabular_mlp_uses_form_a_in_z_units(cancer, tmp_path):
     e = explain(model, ds, tmp_path, {"quality": {"randomisation_mode": "cascading", "steps": 10,
                                                    "robustness_inputs": 2, "sensitivity_samples": 2,
                                                    "stability_seeds": 2}})
-    assert e.details["form"] == "A" and e.details["sampler"] == "orthogonal_antithetic"
-    assert e.details["n_directions"] == 30 and "standardised" in e.details["units"]
-    assert e.metrics["evaluations_per_input"] == 60
+    assert e.details["form"] == "A" and e.details["sampler"] == "descent" and e.details["map"] == "times_input"
+    assert "standardised" in e.details["sphere_units"] and e.details["data_sigma"] == pytest.approx(1.0, abs=1e-6)
+    assert e.details["epsilon"] == pytest.approx(math.sqrt(30), rel=1e-6)  # 1 x sigma x sqrt(d), sigma = 1 in z
+    assert e.metrics["evaluations_per_input"] == 32
     assert set(e.figures) == {"feature_importance", "deletion_insertion"}
     top = e.tables["top_features"]
     assert len(top) == 10 and top[0]["feature"] in ds.feature_names
@@ -412,7 +413,8 @@ def test_plugin_on_tabular_mlp_uses_form_a_in_z_units(cancer, tmp_path):
 def test_finite_difference_mode_on_onnx_runtime(cancer, tmp_path):
     mlp, ds = cancer
     onnx_model = tm.as_onnx_loaded(mlp, (30,), tmp_path)
-    raw = {"output": "logit", "baselines": [], "quality": {"deletion_insertion": True, "steps": 5, "max_sensitivity": False,
+    raw = {"output": "logit", "sampler": "orthogonal_antithetic", "baselines": [],
+           "quality": {"deletion_insertion": True, "steps": 5, "max_sensitivity": False,
                                                             "randomisation": False, "seed_stability": False}}
     grad = explain(onnx_model, ds, tmp_path / "g", raw)
     fd = explain(onnx_model, ds, tmp_path / "f", {**raw, "derivative": "finite_difference"})
@@ -528,7 +530,7 @@ def test_target_class_index_and_logit_output(digits, tmp_path):
                  "quality": {"max_sensitivity": False, "randomisation": False, "seed_stability": False, "steps": 4}})
     assert np.all(e.arrays["targets"] == 3)
     assert "integrated_gradients" not in e.arrays and "ig_deletion_auc" not in e.metrics
-    assert e.details["sampler"] == "descent" and e.metrics["evaluations_per_input"] == 20 * 6
+    assert e.details["sampler"] == "descent" and e.metrics["evaluations_per_input"] == 8 * 4
 
 
 def test_plugin_registers_through_its_entry_point_and_imports_cheaply():
@@ -541,3 +543,220 @@ def test_plugin_registers_through_its_entry_point_and_imports_cheaply():
     code = "import sys, governance_plugins.neflag; print(any(m in sys.modules for m in ('torch', 'numpy', 'matplotlib')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+# ====================================================== values against independent computations (issue 15)
+QUIET = {"deletion_insertion": False, "controls": False, "max_sensitivity": False, "randomisation": False,
+         "seed_stability": False}
+W3 = np.array([[0.8, -1.5, 0.3, 2.0, -0.7, 1.1, 0.0, -0.4, 0.9, -2.2, 0.5, 1.7],
+               [-0.3, 0.6, -1.2, 0.4, 1.9, -0.8, 0.7, 1.3, -0.5, 0.2, -1.6, 0.1],
+               [1.4, 0.2, 0.9, -1.1, 0.3, 0.6, -1.8, 0.5, 1.2, -0.9, 0.8, -0.6]])
+B3 = np.array([0.1, -0.2, 0.3])
+
+
+def linear_case(kind: str, n: int = 6):
+    """A 3-class linear model on 12 features, as a table (baseline = feature means, z-scaled sphere) or as
+    1x3x4 images (baseline = zeros; H != W so a transposed map cannot pass)."""
+    from governance.contract.dataset import Dataset
+
+    torch.manual_seed(0)
+    shape = (12,) if kind == "tabular" else (1, 3, 4)
+    lin = torch.nn.Linear(12, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(W3))
+        lin.bias.copy_(torch.from_numpy(B3))
+    module = torch.nn.Sequential(torch.nn.Flatten(), lin) if kind == "image" else lin
+    rng = np.random.default_rng(3)
+    X = (rng.normal(size=(40, 12)) * np.linspace(0.5, 2.0, 12) + 1.0).astype(np.float32)
+    if kind == "image":
+        X = np.abs(X) / np.abs(X).max()
+    ds = Dataset(X=X.reshape(40, *shape), modality=kind)
+    return tm.as_loaded(module.eval(), shape), ds
+
+
+def exact_contributions(e, ds):
+    """w_c ⊙ (x − baseline): a linear logit's exact split, which IG reproduces (and NeFLAG x input must)."""
+    X = e.arrays["inputs"]
+    flat = X.reshape(len(X), -1).astype(np.float64)
+    return (W3[e.arrays["targets"]] * (flat - ds.baseline.reshape(-1))).reshape(X.shape)
+
+
+@pytest.mark.parametrize("kind", ["tabular", "image"])
+def test_neflag_times_input_and_ig_equal_a_linear_models_exact_contributions(kind, tmp_path):
+    """Form A with S2 (N = d) is exact for a linear model (N2), so NeFLAG x (x − b) = w ⊙ (x − b) = IG, feature by
+    feature; Saliency is |w|. Catches a flipped sign, permuted features, IG replaced by zeros."""
+    model, ds = linear_case(kind)
+    e = explain(model, ds, tmp_path, {"n_samples": 6, "sampler": "orthogonal_antithetic", "quality": QUIET})
+    want = exact_contributions(e, ds)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(e.arrays["neflag"], want, rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(e.arrays["integrated_gradients"], want, rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(e.arrays["saliency"], np.abs(W3[e.arrays["targets"]]).reshape(want.shape), atol=1e-6)
+    assert e.details["units"].startswith("units of the explained score")
+
+
+def test_default_descent_sampler_converges_to_the_exact_contributions(tmp_path):
+    """The default sampler (S4) with many steps: every start ends at −ŵ, where φ·ν = w, so the map is w ⊙ (x − b)."""
+    model, ds = linear_case("tabular")
+    e = explain(model, ds, tmp_path, {"n_samples": 6, "m": 80, "baselines": [], "quality": QUIET})
+    want = exact_contributions(e, ds)
+    np.testing.assert_allclose(e.arrays["neflag"], want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def softmax_gradients(X: np.ndarray, t: np.ndarray, output: str) -> np.ndarray:
+    """∂/∂x of the explained score of a linear softmax model, by hand."""
+    z = X.reshape(len(X), -1).astype(np.float64) @ W3.T + B3
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    centred = W3[t] - p @ W3  # ∂ log p_t / ∂x
+    if output == "logit":
+        return W3[t]
+    return centred if output == "log_prob" else p[np.arange(len(X)), t][:, None] * centred
+
+
+@pytest.mark.parametrize("output", ["prob", "log_prob", "logit"])
+def test_every_method_explains_the_configured_output(output, tmp_path):
+    """At a tiny radius form A is the gradient (P4), of the probability, log-probability or logit as configured;
+    Saliency is its magnitude and IG its path integral (a 50-node Gauss-Legendre reference written here)."""
+    model, ds = linear_case("tabular")
+    raw = {"n_samples": 5, "sampler": "orthogonal_antithetic", "epsilon": 1e-4, "map": "flux",
+           "feature_scale": "none", "output": output, "quality": QUIET}
+    e = explain(model, ds, tmp_path, raw)
+    X, t = e.arrays["inputs"].astype(np.float64), e.arrays["targets"]
+    g = softmax_gradients(X, t, output)
+    np.testing.assert_allclose(e.arrays["neflag"], g, rtol=0, atol=1e-3 * np.abs(g).max())
+    np.testing.assert_allclose(e.arrays["saliency"], np.abs(g), rtol=0, atol=1e-5 * np.abs(g).max())
+    nodes, weights = np.polynomial.legendre.leggauss(50)
+    alphas, weights = (nodes + 1) / 2, weights / 2
+    base = ds.baseline.astype(np.float64)
+    ig = sum(w * softmax_gradients(base + a * (X - base), t, output) for a, w in zip(alphas, weights)) * (X - base)
+    np.testing.assert_allclose(e.arrays["integrated_gradients"], ig, rtol=0, atol=1e-4 * np.abs(ig).max())
+
+
+def target_probability(module, X, t) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(module(torch.from_numpy(np.asarray(X, np.float32))), 1).numpy()[np.arange(len(X)), t]
+
+
+def reference_game(module, X, A, baseline, t, steps):
+    """Deletion and insertion AUCs in 20 lines: most important feature first, floor(k·d/steps) features moved
+    at step k, the target's softmax probability, trapezoid over the share actually moved."""
+    n, d = X.shape
+    counts = [k * d // steps for k in range(steps + 1)]
+    dele, ins = np.zeros((n, steps + 1)), np.zeros((n, steps + 1))
+    for i in range(n):
+        order = np.argsort(-A[i], kind="stable")
+        for k, c in enumerate(counts):
+            gone = np.zeros(d, bool)
+            gone[order[:c]] = True
+            deleted = np.where(gone, baseline, X[i])
+            inserted = np.where(gone, X[i], baseline)
+            dele[i, k], ins[i, k] = target_probability(module, np.stack([deleted, inserted]), [t[i], t[i]])
+    x = np.asarray(counts) / d
+    auc = lambda c: float(np.mean(((c[:, 1:] + c[:, :-1]) / 2 * np.diff(x)).sum(1)))  # noqa: E731
+    return auc(dele), auc(ins), dele, ins
+
+
+def test_reported_aucs_and_curves_equal_an_independent_reference(cancer, tmp_path):
+    """30 features in 20 steps (uneven steps). Catches an AUC replaced by a constant, a wrong step count, and a
+    deletion substrate other than the dataset's baseline (curves must end at the baseline's probability)."""
+    mlp, ds = cancer
+    quality_cfg = {**QUIET, "deletion_insertion": True, "steps": 20}
+    e = explain(tm.as_loaded(mlp, (30,)), ds, tmp_path, {"n_samples": 6, "quality": quality_cfg})
+    X, t = e.arrays["inputs"], e.arrays["targets"]
+    for key, pre in (("neflag", ""), ("integrated_gradients", "ig_"), ("saliency", "saliency_")):
+        d_auc, i_auc, dele, ins = reference_game(mlp, X, e.arrays[key].astype(np.float64), ds.baseline, t, 20)
+        assert e.metrics[pre + "deletion_auc"] == pytest.approx(d_auc, abs=1e-6), key
+        assert e.metrics[pre + "insertion_auc"] == pytest.approx(i_auc, abs=1e-6), key
+        np.testing.assert_allclose(e.arrays[f"deletion_{key}"], dele, atol=1e-6)
+        np.testing.assert_allclose(e.arrays[f"insertion_{key}"], ins, atol=1e-6)
+    at_baseline = target_probability(mlp, np.repeat(ds.baseline[None], len(X), 0), t)
+    np.testing.assert_allclose(e.arrays["deletion_neflag"][:, -1], at_baseline, atol=1e-6)
+    np.testing.assert_allclose(e.arrays["insertion_neflag"][:, 0], at_baseline, atol=1e-6)
+    np.testing.assert_allclose(e.arrays["deletion_neflag"][:, 0], target_probability(mlp, X, t), atol=1e-6)
+
+
+def test_max_sensitivity_uses_common_random_numbers(cancer, tmp_path):
+    """Perturbed copies reuse their input's sphere seeds: at a vanishing radius NeFLAG's max-sensitivity goes to 0
+    like IG's (with fresh seeds it stayed near 1, its own Monte-Carlo noise)."""
+    mlp, ds = cancer
+    q = {**QUIET, "max_sensitivity": True, "sensitivity_radius": 1e-6, "sensitivity_samples": 3, "robustness_inputs": 4}
+    e = explain(tm.as_loaded(mlp, (30,)), ds, tmp_path, {"n_samples": 4, "quality": q})
+    assert e.metrics["ig_max_sensitivity"] < 1e-3
+    assert e.metrics["max_sensitivity"] < 1e-3
+
+
+# ----------------------------------------------------------------------------------------- controls
+def test_trained_cnn_figures_are_informative_and_the_controls_are_logged(digits, tmp_path):
+    from governance.run.sink import control_metrics
+
+    cnn, ds = digits
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    q = {**QUIET, "deletion_insertion": True, "controls": True, "randomisation": True, "steps": 16}
+    e = explain(tm.as_loaded(cnn, (1, 8, 8)), ds, tmp_path, {"n_samples": 12, "quality": q})
+    verdicts = e.verdicts()
+    for figure in ("deletion_auc", "insertion_auc", "ig_deletion_auc", "ig_insertion_auc"):
+        assert verdicts[figure] == "informative", (figure, [c.to_dict() for c in e.controls if c.metric == figure])
+    keys = {(c.metric, c.key) for c in e.controls}
+    assert {("deletion_auc", k) for k in ("random", "randomised_model", "cascading")} <= keys
+    assert len(e.controls) == 3 * 2 * 3  # three methods x two figures x three controls
+    for c in e.controls:
+        assert c.margin >= 0.02 and c.margin_rule.startswith("max(")
+    logged = control_metrics(e)
+    assert logged["deletion_auc.informative"] == 1.0 and "insertion_auc.control.randomised_model" in logged
+    assert "informative" in e.summary and "not informative" not in e.summary
+    assert [r["control"] for r in e.tables["controls"][:3]] == ["random", "randomised_model", "cascading"]
+    for k, v in cnn.state_dict().items():  # the controls randomise copies only
+        assert torch.equal(v, before[k])
+
+
+def test_a_model_with_random_weights_gets_not_informative(digits, tmp_path):
+    """An untrained CNN's class probabilities barely move (~0.1 everywhere): no figure can beat the controls'
+    absolute floor, whatever the attribution."""
+    _, ds = digits
+    torch.manual_seed(1)
+    random_cnn = tm.digits_cnn().eval()
+    q = {**QUIET, "deletion_insertion": True, "controls": True, "randomisation": True, "randomised_draws": 1,
+         "cascading_steps": 2, "steps": 16}
+    e = explain(tm.as_loaded(random_cnn, (1, 8, 8)), ds, tmp_path, {"n_samples": 8, "quality": q})
+    assert set(e.verdicts().values()) == {"not informative"}
+    assert len(e.verdicts()) == 6
+    assert "not informative" in e.summary
+    assert any(f.startswith("Not informative: NeFLAG deletion AUC and NeFLAG insertion AUC") for f in e.findings)
+
+
+# ----------------------------------------------------------------------------------- flux internals
+def test_descent_form_a_converges_to_the_gradient_of_a_linear_model():
+    """S4 without S3's factor d: at convergence every point is −ŵ and φ·ν = w."""
+    res = run(linear, torch.zeros(5), form="A", sampler="descent", n_points=4, m=60)
+    torch.testing.assert_close(res.attribution[0], W, rtol=0, atol=1e-6)
+
+
+def test_clipped_points_get_the_normal_of_their_actual_displacement():
+    """After clipping, ν = (s − x)/‖s − x‖ and φ = ∇f(s)·ν for that ν (spec A6)."""
+    x = torch.tensor([0.0, 1.0, 0.5, 0.02, 0.98], dtype=F64)
+    for sampler in ("rejection", "orthogonal_antithetic"):
+        res = run(linear, x, form="A", sampler=sampler, n_points=50, n_directions=5, clip=(0.0, 1.0), record=True)
+        r = res.records
+        disp = r["displacement"]
+        assert res.n_clipped > 0
+        torch.testing.assert_close(r["normal"], disp / disp.norm(dim=1, keepdim=True), rtol=0, atol=1e-12)
+        torch.testing.assert_close(r["phi"], r["normal"] @ W, rtol=0, atol=1e-12)
+
+
+def test_onnx_and_torch_models_get_the_same_controls(cancer, tmp_path):
+    """The ONNX graph's torch view holds flat parameters (p0, p1, ...); its randomised copies must be the same
+    functions as the torch module's, so every control matches (a cascade that shuffled an output bias alone
+    reproduced the figure exactly and made every figure 'not informative' on ONNX models)."""
+    mlp, ds = cancer
+    q = {**QUIET, "deletion_insertion": True, "controls": True, "randomisation": True, "randomised_draws": 2,
+         "steps": 10}
+    got = {}
+    for name, model in (("torch", tm.as_loaded(mlp, (30,))), ("onnx", tm.as_onnx_loaded(mlp, (30,), tmp_path))):
+        e = explain(model, ds, tmp_path / name, {"n_samples": 6, "baselines": ["integrated_gradients"], "quality": q})
+        got[name] = {(c.metric, c.key): c.control_value for c in e.controls}
+    assert got["torch"].keys() == got["onnx"].keys() and len(got["torch"]) == 2 * 2 * 3
+    for key, value in got["torch"].items():
+        assert got["onnx"][key] == pytest.approx(value, abs=1e-4), key
+    cascade = got["onnx"][("deletion_auc", "cascading")]
+    assert cascade != pytest.approx(e.metrics["deletion_auc"], abs=1e-6)
