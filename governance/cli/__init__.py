@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "governance.cli.info:inspect_cmd",
     "report": "governance.cli.report:report_cmd",
     "verify": "governance.cli.report:verify_cmd",
+    "keygen": "governance.cli.report:keygen_cmd",
     "policy": "governance.cli.report:policy_group",
     "serve": "governance.cli.service:serve_cmd",
     "jobs": "governance.cli.service:jobs_cmd",

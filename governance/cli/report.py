@@ -15,7 +15,7 @@ from governance.cli.options import echo_json, json_option, method_config, run_op
 EXIT_VERIFY_FAILED = 8  # ReportError's code: "rendering or verifying a report failed"
 
 _MARK = {"ok": ("✓", "green"), "pass": ("✓", "green"), "fail": ("✗", "red"), "warn": ("!", "yellow"),
-         "skipped": ("–", "bright_black"), "not_evaluated": ("–", "bright_black")}
+         "skipped": ("–", "bright_black"), "not_evaluated": ("–", "bright_black"), "unavailable": ("?", "yellow")}
 
 
 def _signer(text: str | None) -> dict[str, str] | None:
@@ -38,6 +38,34 @@ def _with_settings(policy: str | None, template_dirs: tuple[str, ...], out_dir: 
         dirs = setting("report.template_dirs") or []
         template_dirs = tuple([dirs] if isinstance(dirs, str) else dirs)
     return policy, template_dirs, out_dir or setting("report.out_dir", "governance-reports"), signer or setting("report.signer")
+
+
+def signing_identity(key: str | None, cert: str | None) -> Any:
+    """The signing key and certificate from ``--sign-key``/``--sign-cert``, else the settings file's
+    ``report.sign_key``/``report.sign_cert``; None when neither names a key (the report is then unsigned)."""
+    from governance.host.settings import setting
+
+    key = key or setting("report.sign_key")
+    cert = cert or setting("report.sign_cert")
+    if not key:
+        if cert:
+            from governance.contract.errors import ConfigError
+
+            raise ConfigError("--sign-cert was given without --sign-key",
+                              hint="pass the private key too (or one PKCS#12 file as --sign-key)")
+        return None
+    from governance.report.signing import load_identity
+
+    return load_identity(key, cert)
+
+
+def _trust_paths(trust: tuple[str, ...]) -> list[str]:
+    from governance.host.settings import setting
+
+    if trust:
+        return list(trust)
+    default = setting("report.trust") or []
+    return [default] if isinstance(default, str) else list(default)
 
 
 def _load_run_folder(folder: Path) -> Any:
@@ -82,6 +110,9 @@ def _print_report(result: Any) -> None:
     if result.pdf_path:
         click.echo(f"  PDF       {result.pdf_path}  ({result.pages} pages, {result.pdf_variant})")
         click.echo(f"            sha256 {result.pdf_sha256}")
+    if result.signature:
+        sig = result.signature
+        click.echo(f"  signed    by {sig['name']} (certificate sha256 {sig['certificate_sha256']})")
     click.echo(f"  HTML      {result.html_path}")
     click.echo(f"  JSON      {result.json_path}  (sha256 {result.json_sha256})")
     click.echo(f"  manifest  {result.manifest_path}")
@@ -123,19 +154,27 @@ def _exit_code(result: Any) -> int:
               help="Build from a local run folder (run.json + explanations/) without running or logging.")
 @click.option("--no-log", is_flag=True, help="Do not log the report to MLflow nor tag the model version.")
 @click.option("--no-pdf", is_flag=True, help="Write report.json, report.html and manifest.json only.")
+@click.option("--sign-key", metavar="KEY", help="Private key (PEM/DER) or PKCS#12 file that signs the PDF (PAdES) and "
+              "the manifest [settings: report.sign_key; passphrase from GOVERNANCE_SIGN_PASSPHRASE].")
+@click.option("--sign-cert", metavar="CERT", help="The key's certificate (PEM/DER, chain after it) [settings: "
+              "report.sign_cert]. Try it out with `governance keygen`.")
 def report_cmd(model_uri: str | None, methods: str | None, data: str | None, target: str | None, peers: str | None,
                config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
                experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, as_json: bool,
                policy: str | None, model_card: str | None, out_dir: str | None, template_dirs: tuple[str, ...],
-               reuse: bool, signer: str | None, from_run: str | None, no_log: bool, no_pdf: bool) -> None:
+               reuse: bool, signer: str | None, from_run: str | None, no_log: bool, no_pdf: bool,
+               sign_key: str | None, sign_cert: str | None) -> None:
     """Explain MODEL_URI (or reuse an identical earlier run) and write a dated, signable compliance report:
     report.json, report.html, a PDF/A-3b with report.json and manifest.json embedded, and the manifest.
     The report is logged under report/ in the MLflow run, and the model version is tagged with
     governance.report_run_id, governance.report_sha256 and governance.status.
 
     Exit code: with --policy, 11 when a required check fails, else 0; without a policy, 10 when some
-    method failed, else 0. Defaults for --policy, --template-dir, --out and --signer can be set in the
-    settings file's [report] table (policy, template_dirs, out_dir, signer).
+    method failed, else 0. Defaults for --policy, --template-dir, --out, --signer, --sign-key and
+    --sign-cert can be set in the settings file's [report] table (policy, template_dirs, out_dir, signer,
+    sign_key, sign_cert). With a signing key the PDF carries a PAdES signature and manifest.json gets a
+    detached signature (manifest.json.p7s); the signer's name and certificate fingerprint are printed in
+    the sign-off section and tagged on the MLflow run and model version.
     """
     from governance.contract.errors import ConfigError
     from governance.report.build import build_report
@@ -145,12 +184,13 @@ def report_cmd(model_uri: str | None, methods: str | None, data: str | None, tar
     if bool(model_uri) == bool(from_run):
         raise ConfigError("give a MODEL_URI or --from-run DIR (one of them)",
                           hint="e.g. governance report models:/my-model@champion --policy policy.yaml")
+    signing = signing_identity(sign_key, sign_cert)  # a bad key must fail before anything is computed
     if from_run:
         run = _load_run_folder(Path(from_run))
         out = Path(out_dir) / report_folder_name(run.model)
         result = build_report(run, out_dir=out, workdir=Path(from_run), policy=policy, model_card=model_card,
                               template_dirs=[Path(d) for d in template_dirs], signer=_signer(signer),
-                              pdf=not no_pdf)
+                              signing=signing, pdf=not no_pdf)
     else:
         from governance.cli.run import progress_printer
         from governance.report.publish import report_for_model
@@ -162,7 +202,8 @@ def report_cmd(model_uri: str | None, methods: str | None, data: str | None, tar
                 peers=split_csv(peers), config=method_config(config_file, overrides), device=device, seed=seed,
                 max_samples=max_samples, experiment=experiment, force=force, reuse=reuse,
                 plugins=split_csv(plugins), tracking_uri=tracking_uri, policy=policy, model_card=model_card,
-                template_dirs=[Path(d) for d in template_dirs], signer=_signer(signer), log_to_mlflow=not no_log,
+                template_dirs=[Path(d) for d in template_dirs], signer=_signer(signer), signing=signing,
+                log_to_mlflow=not no_log,
                 pdf=not no_pdf, progress=callback,
                 invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None)
     if as_json:
@@ -176,35 +217,94 @@ def report_cmd(model_uri: str | None, methods: str | None, data: str | None, tar
 
 @click.command("verify")
 @click.argument("report", type=click.Path(exists=True))
+@click.option("--trust", multiple=True, type=click.Path(exists=True), metavar="CERT|DIR",
+              help="Certificate (or folder of certificates) trusted to sign reports: the signer's own or its CA "
+              "(repeatable) [settings: report.trust].")
+@click.option("--skip", "skip", multiple=True, metavar="CHECK[,CHECK]",
+              help="Accept not running these checks when they cannot run: signature, sidecar, files, evidence.")
 @click.option("--artifacts", type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Evidence root to check (default: evidence/ beside the PDF, or the MLflow run root above it).")
 @click.option("--model-dir", type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Also check the model files in DIR against the registry hashes in the report.")
 @click.option("--sha256", "expected", metavar="HEX", help="The PDF's expected sha256 (e.g. the version tag).")
 @json_option
-def verify_cmd(report: str, artifacts: str | None, model_dir: str | None, expected: str | None, as_json: bool) -> None:
-    """Check a report's integrity: the embedded report.json and manifest.json against each other and the
-    printed pages, the PDF against report.pdf.sha256, and the evidence files against the manifest.
+def verify_cmd(report: str, trust: tuple[str, ...], skip: tuple[str, ...], artifacts: str | None,
+               model_dir: str | None, expected: str | None, as_json: bool) -> None:
+    """Check who made a report and that nothing in it changed: the PDF's signature against --trust, the
+    embedded report.json and manifest.json against each other and the printed pages, the PDF against
+    report.pdf.sha256, the files beside it and the evidence against the manifest.
 
-    REPORT is report.pdf or the folder holding it. Exit code 0 when everything checked matches, 8 otherwise.
+    It fails closed: a check that cannot run (an unsigned report, no --trust, no sidecar, evidence not
+    found) gives "not verified" unless you name it with --skip. An unsigned report verified with
+    --skip signature is integrity only: anyone who can run governance could have made it.
+
+    REPORT is report.pdf or the folder holding it. Exit code 0 when verified, 8 otherwise.
     """
     from governance.report.verify import verify_report
 
-    result = verify_report(Path(report), artifacts_dir=artifacts, model_dir=model_dir, expected_sha256=expected)
+    skips = [part for item in skip for part in item.split(",")]
+    result = verify_report(Path(report), artifacts_dir=artifacts, model_dir=model_dir, expected_sha256=expected,
+                           trust=_trust_paths(trust), skip=skips)
     if as_json:
         echo_json(result.to_dict())
     else:
-        for c in result.checks:
-            mark, colour = _MARK.get(c.status, ("?", "white"))
-            click.echo(click.style(f"{mark} ", fg=colour) + f"{c.name}" + (f": {c.detail}" if c.detail else ""))
-        who = f"report {result.report_id or '?'}" + (f" ({result.model})" if result.model else "")
-        if result.ok:
-            click.secho(f"VERIFIED: {who}, {sum(c.status == 'ok' for c in result.checks)} checks passed", fg="green")
-        else:
-            click.secho(f"NOT VERIFIED: {who}: {len(result.failures)} check(s) failed: "
-                        + "; ".join(c.name for c in result.failures), fg="red", err=True)
+        _print_verify(result)
     if not result.ok:
         sys.exit(EXIT_VERIFY_FAILED)
+
+
+def _print_verify(result: Any) -> None:
+    from governance.report.verify import INTEGRITY_ONLY
+
+    for c in result.checks:
+        mark, colour = _MARK.get(c.status, ("?", "white"))
+        label = " (cannot run)" if c.status == "unavailable" else " (skipped)" if c.status == "skipped" else ""
+        click.echo(click.style(f"{mark} ", fg=colour) + f"{c.name}{label}" + (f": {c.detail}" if c.detail else ""))
+    who = f"report {result.report_id or '?'}" + (f" ({result.model})" if result.model else "")
+    passed = sum(c.status == "ok" for c in result.checks)
+    skipped = [c.group for c in result.checks if c.status == "skipped"]
+    skipped_text = f"; skipped: {', '.join(sorted(set(skipped)))}" if skipped else ""
+    if result.ok and result.trusted:
+        names = "; ".join(f"{s['name']} (certificate sha256 {s['certificate_sha256']})" for s in result.signers)
+        click.secho(f"VERIFIED: {who}, signed by {names}, trusted; {passed} checks passed{skipped_text}", fg="green")
+    elif result.ok:
+        click.secho(f"VERIFIED ({INTEGRITY_ONLY}): {who}, {passed} checks passed{skipped_text}", fg="yellow")
+    else:
+        parts = []
+        if result.failures:
+            parts.append(f"{len(result.failures)} check(s) failed: " + "; ".join(c.name for c in result.failures))
+        if result.unavailable:
+            parts.append(f"{len(result.unavailable)} check(s) could not run: "
+                         + "; ".join(f"{c.name} ({c.hint})" if c.hint else c.name for c in result.unavailable))
+        click.secho(f"NOT VERIFIED: {who}: " + " | ".join(parts), fg="red", err=True)
+
+
+@click.command("keygen")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder for key.pem (mode 0600) and cert.pem.")
+@click.option("--name", default="governance test signer", show_default=True, help="The certificate's common name.")
+@click.option("--organisation", default=None, help="The certificate's organisation (O=).")
+@click.option("--days", type=click.IntRange(1, 3650), default=365, show_default=True, help="Validity.")
+@click.option("--force", is_flag=True, help="Overwrite key.pem and cert.pem if they exist.")
+def keygen_cmd(out_dir: str, name: str, organisation: str | None, days: int, force: bool) -> None:
+    """Make a test signing key and a self-signed certificate (ECDSA P-256) for trying out signed reports.
+
+    \b
+    governance keygen --out keys/ --name "A. Validator"
+    governance report models:/m/1 --sign-key keys/key.pem --sign-cert keys/cert.pem
+    governance verify governance-reports/m-v1/report.pdf --trust keys/cert.pem
+
+    The key is unencrypted unless GOVERNANCE_SIGN_PASSPHRASE is set. For real reports use a certificate
+    your organisation's CA issued for document signing, and let verifiers trust that CA.
+    """
+    from governance.report.signing import load_identity, make_test_identity
+
+    key, cert = make_test_identity(Path(out_dir), name=name, organisation=organisation, days=days, overwrite=force)
+    ident = load_identity(key, cert)
+    click.echo(f"key          {key}  (keep it private)")
+    click.echo(f"certificate  {cert}  (give it to verifiers: governance verify --trust {cert})")
+    click.echo(f"signer       {ident.name}, certificate sha256 {ident.fingerprint}, valid until "
+               f"{ident.cert.not_valid_after_utc:%Y-%m-%d}")
 
 
 @click.group("policy")

@@ -3,7 +3,9 @@
 MLflow layout: the report files go under ``report/`` in the same run as the explanations, so the run's
 artifact root is the evidence root the manifest refers to (``report/`` sits beside ``explanations/``).
 Model-version tags: ``governance.report_run_id``, ``governance.report_sha256`` (the PDF's sha256),
-``governance.report_id`` and ``governance.status`` (the policy verdict, else the run's status).
+``governance.report_id`` and ``governance.status`` (the policy verdict, else the run's status); a signed
+report adds ``governance.report_signer`` and ``governance.report_signer_sha256`` (the certificate's sha256)
+on the run and the version.
 """
 
 from __future__ import annotations
@@ -61,6 +63,15 @@ def previous_version_record(client: Any, model: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+def signer_tags(result: ReportResult) -> dict[str, str]:
+    """Who signed the report (empty for an unsigned one): the certificate's name and sha256."""
+    sig = result.signature or {}
+    if not sig:
+        return {}
+    return {"governance.report_signer": str(sig.get("name") or "")[:250],
+            "governance.report_signer_sha256": str(sig.get("certificate_sha256") or "")}
+
+
 def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None = None) -> dict[str, str]:
     """Log the report files under ``report/`` in the run and set the run and model-version tags.
 
@@ -81,7 +92,7 @@ def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None =
             client.log_artifact(run_id, str(path), REPORT_ARTIFACT_PATH)
         run_tags = {"governance.report_id": result.report_id, "governance.report_sha256": result.pdf_sha256 or "",
                     "governance.report_json_sha256": result.json_sha256,
-                    "governance.report_verdict": result.verdict or "none"}
+                    "governance.report_verdict": result.verdict or "none", **signer_tags(result)}
         for k, v in run_tags.items():
             if v:
                 client.set_tag(run_id, k, v)
@@ -89,7 +100,7 @@ def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None =
         if model.get("kind", "registry") == "registry" and model.get("name") and model.get("version"):
             version_tags = {"governance.report_run_id": run_id, "governance.report_id": result.report_id,
                             "governance.report_sha256": result.pdf_sha256 or result.json_sha256,
-                            "governance.status": result.status}
+                            "governance.status": result.status, **signer_tags(result)}
             for k, v in version_tags.items():
                 client.set_model_version_tag(model["name"], str(model["version"]), k, v)
     except TrackingError:
@@ -123,6 +134,7 @@ def report_for_model(
     model_card: Path | str | Mapping[str, Any] | None = None,
     template_dirs: Iterable[Path | str] = (),
     signer: Mapping[str, Any] | None = None,
+    signing: Any = None,
     log_to_mlflow: bool = True,
     pdf: bool = True,
     progress: Callable[[str, float, str], None] | None = None,
@@ -130,7 +142,8 @@ def report_for_model(
 ) -> ReportResult:
     """Explain ``model_uri`` (reusing an identical finished run unless ``force``), build the report in
     ``out_dir/<name>-v<version>/`` (or ``out_dir`` itself when ``subfolder`` is false), log it to the run
-    and tag the model version. The result's ``status`` is what ``governance.status`` was set to."""
+    and tag the model version. The result's ``status`` is what ``governance.status`` was set to.
+    ``signing`` (a :class:`~governance.report.signing.SigningIdentity`) signs the PDF and the manifest."""
     from governance.api import explain
     from governance.report.policy import load_policy
     from governance.report.card import load_model_card
@@ -147,6 +160,13 @@ def report_for_model(
 
             raise ReportError(f"template folder {d} does not exist",
                               hint="pass --template-dir with a folder holding your overriding templates")
+    from governance.report.build import check_output_dir
+
+    if signing is not None and not pdf:
+        from governance.contract.errors import ReportError
+
+        raise ReportError("a signed report needs its PDF", hint="drop --no-pdf, or do not pass a signing key")
+    check_output_dir(Path(out_dir))  # a read-only or full output folder must fail before any MLflow write
     uri = resolve_tracking_uri(tracking_uri)
     run = explain(model_uri, methods=methods, data=data, target=target, peers=peers, config=config, device=device,
                   tracking_uri=uri, experiment=experiment, seed=seed, max_samples=max_samples, force=force,
@@ -160,7 +180,7 @@ def report_for_model(
         log.warning("report: previous version not read: %s", exc)
     out = Path(out_dir) / report_folder_name(run.model) if subfolder else Path(out_dir)
     result = build_report(run, out_dir=out, model_card=model_card, policy=policy_obj,
-                          template_dirs=template_dirs, signer=signer, pdf=pdf)
+                          template_dirs=template_dirs, signer=signer, signing=signing, pdf=pdf)
     result.run_id = run.mlflow_run_id
     if log_to_mlflow:
         publish_report(result, run, tracking_uri=uri)
