@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from governance.cli.options import echo_json, json_option, tracking_option
+from governance.cli.options import echo_json, json_option, tracking_option, trust_pickle_option
 
 
 @click.command("plugins")
@@ -105,6 +105,7 @@ def doctor_cmd(tracking_uri: str | None, as_json: bool) -> None:
 @click.argument("model_uri")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 @tracking_option
+@trust_pickle_option
 @json_option
 def inspect_cmd(model_uri: str, device: str, tracking_uri: str | None, as_json: bool) -> None:
     """Resolve and load MODEL_URI and show identity, file hashes, signature and what methods can use."""

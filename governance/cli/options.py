@@ -27,6 +27,33 @@ def tracking_option(fn: Callable) -> Callable:
                         help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db].")(fn)
 
 
+def _trust_pickle(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """Set GOVERNANCE_TRUST_PICKLE=1 for this command (and the processes it starts), restored afterwards."""
+    if not value:
+        return
+    import os
+
+    from governance.host.runtimes.pickle_policy import TRUST_ENV
+
+    saved = os.environ.get(TRUST_ENV)
+    os.environ[TRUST_ENV] = "1"
+
+    def restore() -> None:
+        if saved is None:
+            os.environ.pop(TRUST_ENV, None)
+        else:
+            os.environ[TRUST_ENV] = saved
+
+    ctx.call_on_close(restore)
+
+
+def trust_pickle_option(fn: Callable) -> Callable:
+    return click.option("--trust-pickle", is_flag=True, expose_value=False, callback=_trust_pickle,
+                        help="Allow pickle-format models: loading one runs any code its author put in it. Only "
+                        "when you trust everyone who can register models [env GOVERNANCE_TRUST_PICKLE; "
+                        "settings: trust_pickle].")(fn)
+
+
 def json_option(fn: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(fn)
 
@@ -56,6 +83,7 @@ def run_options(fn: Callable) -> Callable:
         click.option("--plugins", metavar="A,B", envvar="GOVERNANCE_PLUGINS",
                      help="Load only these plugins [env GOVERNANCE_PLUGINS]."),
         tracking_option,
+        trust_pickle_option,
         json_option,
     ]
     for deco in reversed(decorators):
