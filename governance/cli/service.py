@@ -95,6 +95,15 @@ def report_options(fn: Callable) -> Callable:
                      metavar="DIR", help="Folder of overriding report templates (repeatable) [settings: report.template_dirs]."),
         click.option("--signer", metavar="'NAME, ROLE, ORG'", help="Who will sign the reports [settings: report.signer]."),
         click.option("--no-pdf", is_flag=True, help="Write report.json, report.html and manifest.json only."),
+        click.option("--sign-key", type=click.Path(exists=True, dir_okay=False), metavar="KEY",
+                     help="Sign every report with this key (PEM/DER, or PKCS#12) [settings: report.sign_key; "
+                          "passphrase from GOVERNANCE_SIGN_PASSPHRASE]."),
+        click.option("--sign-cert", type=click.Path(exists=True, dir_okay=False), metavar="CERT",
+                     help="The signing key's certificate [settings: report.sign_cert]."),
+        click.option("--trust-pickle", is_flag=True,
+                     help="Let jobs load pickle-format models, which runs their code: only when you trust everyone "
+                          "who can register models. Without it the service refuses pickle whatever the environment "
+                          "says [settings: trust_pickle]."),
         click.option("--output-dir", type=click.Path(file_okay=False), metavar="DIR",
                      help="Reports go to DIR/<name>-v<version>/ [settings: report.out_dir; default "
                           "$GOVERNANCE_HOME/reports]."),
@@ -143,11 +152,18 @@ def _settings_from(kw: dict[str, Any]) -> Any:
         policy=kw.pop("policy") or setting("report.policy"), model_card=kw.pop("model_card"),
         template_dirs=tuple([template_dirs] if isinstance(template_dirs, str) else template_dirs),
         signer=kw.pop("signer") or setting("report.signer"), pdf=not kw.pop("no_pdf"),
+        sign_key=kw.pop("sign_key") or setting("report.sign_key"),
+        sign_cert=kw.pop("sign_cert") or setting("report.sign_cert"),
+        trust_pickle=bool(kw.pop("trust_pickle") or setting("trust_pickle")),
         output_dir=kw.pop("output_dir") or setting("report.out_dir"), device=kw.pop("device"), seed=kw.pop("seed"),
         max_samples=kw.pop("max_samples"), experiment=kw.pop("experiment"),
         plugins=tuple(split_csv(kw.pop("plugins")) or ()), report=not kw.pop("explain_only"),
     )
     settings.fingerprint()  # unreadable files fail now, not in every job
+    if settings.sign_key or settings.sign_cert:
+        from governance.cli.report import signing_identity
+
+        signing_identity(settings.sign_key, settings.sign_cert)  # a wrong key or passphrase fails at start
     return settings
 
 

@@ -92,23 +92,35 @@ def run_settings(settings: ReportSettings, model_uri: str, invocation: str) -> d
 def report_job(job: Job) -> dict[str, Any]:
     """Explain ``job.payload['model_uri']`` with the job's settings, log to MLflow, render the report.
 
-    Reports go to ``--output-dir`` (default ``$GOVERNANCE_HOME/reports``) in ``<name>-v<version>/`` and to the
+    Reports go to ``--output-dir`` (default ``$GOVERNANCE_HOME/reports``) in ``<name>-v<version>/job-<id>/``
+    (a folder of its own, so the path the job records always holds this job's report) and to the
     governance run in MLflow. A policy verdict of "fail" is a result, not a job failure: it is recorded
-    in the job's result (and in the version's ``governance.status`` tag).
+    in the job's result (and in the version's ``governance.status`` tag). Pickle-format models are loaded
+    only when the service was started with ``--trust-pickle``, whatever the environment says.
     """
+    import os
+
+    from governance.host.runtimes.pickle_policy import TRUST_ENV
+
     payload = job.payload
     settings = ReportSettings.from_dict(payload["settings"])
+    os.environ[TRUST_ENV] = "1" if settings.trust_pickle else "0"
     model_uri = payload["model_uri"]
     check_version_ready(settings.tracking_uri, payload["name"], payload["version"])
     kwargs = run_settings(settings, model_uri, f"governance job {job.id} ({job.source}: {job.trigger})")
     report = _report_function() if settings.report else None
     if report is not None:
+        from governance.cli.report import signing_identity
+        from governance.report.publish import report_folder_name
         from governance.service.config import state_dir
 
-        out_dir = settings.output_dir or str(state_dir() / "reports")
-        result = report(model_uri, out_dir=out_dir, policy=settings.policy, model_card=settings.model_card,
-                        template_dirs=list(settings.template_dirs), signer=_signer(settings.signer),
-                        pdf=settings.pdf, **kwargs)
+        signing = signing_identity(settings.sign_key, settings.sign_cert) if settings.sign_key else None
+        root = settings.output_dir or str(state_dir() / "reports")
+        folder = report_folder_name({"name": payload["name"], "version": payload["version"]})
+        out_dir = f"{root}/{folder}/job-{job.id}"
+        result = report(model_uri, out_dir=out_dir, subfolder=False, policy=settings.policy,
+                        model_card=settings.model_card, template_dirs=list(settings.template_dirs),
+                        signer=_signer(settings.signer), signing=signing, pdf=settings.pdf, **kwargs)
         return summarise_report(result)
     from governance.api import explain
 
@@ -136,6 +148,8 @@ def summarise_report(result: Any) -> dict[str, Any]:
         "report_id": result.report_id,
         "out_dir": str(result.out_dir),
         "pdf": str(result.pdf_path) if result.pdf_path else None,
+        "pdf_sha256": result.pdf_sha256,
+        "signer": (result.signature or {}).get("name"),
         "logged_to_mlflow": bool(result.logged),
         "reported": True,
     }

@@ -79,13 +79,16 @@ class ReportSettings:
     model_card: str | None = None
     template_dirs: tuple[str, ...] = ()
     signer: str | None = None  # "NAME, ROLE, ORG"
+    sign_key: str | None = None  # private key (PEM/DER) or PKCS#12 that signs every report
+    sign_cert: str | None = None
+    trust_pickle: bool = False  # the service loads pickle-format models only when configured to
     pdf: bool = True
     output_dir: str | None = None
     report: bool = True  # False: explain and log only, no report files
 
     def __post_init__(self) -> None:
         # absolute paths: the worker may run in another directory than the receiver
-        for name in ("data", "config", "policy", "model_card", "output_dir"):
+        for name in ("data", "config", "policy", "model_card", "output_dir", "sign_key", "sign_cert"):
             value = getattr(self, name)
             if value:
                 object.__setattr__(self, name, str(Path(value).expanduser().resolve()))
@@ -124,6 +127,9 @@ class ReportSettings:
             "model_card": _file_digest(self.model_card, "model-card"),
             "template_dirs": _dirs_digest(self.template_dirs),
             "signer": self.signer,
+            "signed": bool(self.sign_key),
+            "sign_cert": _file_digest(self.sign_cert, "sign-cert") if self.sign_cert else self.sign_key,
+            "trust_pickle": self.trust_pickle,
             "pdf": self.pdf,
             "report": self.report,
         }
