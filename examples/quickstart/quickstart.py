@@ -1,5 +1,7 @@
 """Quick start: train two small models, register two versions of each as PyTorch AND ONNX, explain them and
-render compliance reports. Everything runs on CPU in about a minute, against the local store sqlite:///mlflow.db.
+render signed compliance reports. Everything runs on CPU in about a minute, against the local store
+sqlite:///mlflow.db. The reports are signed with a throw-away test key made by `governance keygen` in a
+temporary folder; its certificate is kept beside the reports so `governance verify --trust` can check them.
 
     python examples/quickstart/quickstart.py [--tracking-uri URI] [--out DIR] [--fresh]
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +92,29 @@ def register(name: str, kind: str, epochs: tuple[int, int], client, workdir: Pat
                                      "Demonstration of the governance tool on scikit-learn's bundled data.")
 
 
+def test_signing_key(keys: Path, out: Path):
+    """A throw-away key and self-signed certificate from `governance keygen`; the certificate is copied
+    beside the reports (the key is deleted with the temporary folder)."""
+    from governance.report.signing import load_identity
+
+    subprocess.run([sys.executable, "-m", "governance", "keygen", "--out", str(keys), "--name",
+                    "Quick-start test signer (not a real identity)"], check=True, stdout=subprocess.DEVNULL)
+    out.mkdir(parents=True, exist_ok=True)
+    cert = out / "quickstart-signer-cert.pem"
+    shutil.copy(keys / "cert.pem", cert)
+    say(f"signing the reports with a test key; its certificate is {cert}")
+    return load_identity(keys / "key.pem", keys / "cert.pem"), cert
+
+
+def verified(pdf: Path | None, cert: Path) -> bool:
+    from governance.report import verify_report
+
+    check = verify_report(pdf, trust=[cert])
+    say(f"  verify: {'VERIFIED, signed by ' + check.signers[0]['name'] if check.ok else 'NOT VERIFIED'}"
+        f"  (governance verify {pdf} --trust {cert})")
+    return check.ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
@@ -118,14 +145,17 @@ def main() -> int:
         os.environ.pop(var, None)
 
     failures = 0
-    for uri in ("models:/digits-cnn@champion", "models:/breast-cancer-mlp-onnx@champion"):
-        say(f"explaining and reporting on {uri} ...")
-        result = governance.report_model(uri, tracking_uri=args.tracking_uri, out_dir=Path(args.out),
-                                         policy=args.policy)
-        verdict = f", policy verdict {result.verdict}" if result.verdict else ""
-        say(f"  report: {result.pdf}  (run {result.run_id}, run status {result.run_status}{verdict})")
-        # a failed policy check is a finding the report documents, not a failure of the quick start
-        failures += result.run_status != "ok"
+    with tempfile.TemporaryDirectory() as keys:
+        signing, cert = test_signing_key(Path(keys), Path(args.out))
+        for uri in ("models:/digits-cnn@champion", "models:/breast-cancer-mlp-onnx@champion"):
+            say(f"explaining and reporting on {uri} ...")
+            result = governance.report_model(uri, tracking_uri=args.tracking_uri, out_dir=Path(args.out),
+                                             policy=args.policy, signing=signing)
+            verdict = f", policy verdict {result.verdict}" if result.verdict else ""
+            say(f"  report: {result.pdf}  (run {result.run_id}, run status {result.run_status}{verdict})")
+            # a failed policy check is a finding the report documents, not a failure of the quick start
+            failures += result.run_status != "ok"
+            failures += not verified(result.pdf, cert)
     say(f"done in {time.time() - t0:.0f} s. Open the PDFs under {args.out}/, or browse the runs with "
         f"`mlflow ui --backend-store-uri {args.tracking_uri}`.")
     return 1 if failures else 0
