@@ -62,17 +62,17 @@ def _from_file(path: Path, model: LoadedModel, target: str | None) -> Dataset:
         if suffix == ".npz":
             return _from_npz(path)
         if suffix == ".npy":
-            X = np.load(path, allow_pickle=False)
+            X = check_values(np.load(path, allow_pickle=False), str(path))
             return Dataset(X=X, modality=_modality(X.shape[1:]), source=str(path))
         if suffix in (".csv", ".parquet", ".pq"):
             return _from_table(path, model, target)
     except DataError:
         raise
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text", hint="save the table as UTF-8 CSV (or use .parquet)") from None
     except ValueError as exc:
         raise pickle_refused(path, exc) or DataError(f"cannot read {path}: {exc}",
                                                      hint="check the file is a valid npz/csv/parquet file") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text", hint="save the table as UTF-8 CSV (or use .parquet)") from None
     except Exception as exc:
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}",
                         hint="check the file is a valid npz/csv/parquet file") from exc
@@ -86,7 +86,7 @@ def _from_npz(path: Path) -> Dataset:
         if xkey is None:
             raise DataError(f"{path} has arrays {keys} but none named X",
                             hint="save the inputs as X (and labels as y): np.savez(path, X=X, y=y)")
-        X = npz[xkey]
+        X = check_values(npz[xkey], str(path))
         y = next((npz[k] for k in ("y", "Y", "labels", "target") if k in keys), None)
         names = [str(v) for v in npz["feature_names"]] if "feature_names" in keys else None
         classes = [str(v) for v in npz["class_names"]] if "class_names" in keys else None
@@ -164,6 +164,7 @@ def _from_registry(info: ModelVersionInfo, model: LoadedModel, tracking_uri: str
 
         try:
             X = np.asarray(Model.load(str(info.local_path)).load_input_example(str(info.local_path)))
+            X = check_values(X, f"the input example of {info.display_name}")
             ds = Dataset(X=X, modality=_modality(X.shape[1:]), source=f"input example of {info.display_name}")
             ds.notes.append(f"only the model's logged input example ({len(X)} samples) was available: "
                             "explanations and quality metrics rest on very few samples")
