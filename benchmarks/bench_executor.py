@@ -1,5 +1,5 @@
 """Executors benchmark: wall time of one job (4 registered model versions x 2 methods) on the local executor
-and on Ray, measured in the same run, plus sharded prediction (Ray Data actor pool vs local batches).
+and on Ray, measured in the same run.
 
     python benchmarks/bench_executor.py            # 4 models, 256 samples each, Ray with every CPU
     python benchmarks/bench_executor.py --quick    # 4 models, 64 samples (< 60 s on a quiet 2-core machine)
@@ -97,7 +97,7 @@ def main() -> None:
               f"here {torch.get_num_threads()}, in each Ray worker 1 (Ray sets OMP_NUM_THREADS per task)")
 
         import governance.api as api
-        from governance.run.executors import LocalExecutor, RayExecutor
+        from governance.run.executors import RayExecutor
 
         job = dict(methods=methods, data=str(data), tracking_uri=tracking, config=config, force=True, seed=0)
         rows = []
@@ -125,15 +125,6 @@ def main() -> None:
             diffs = [f"{a.model['uri']} {ea.method}: {d}" for a, b in zip(local, cold)
                      for ea, eb in zip(a.explanations, b.explanations) for d in differences(ea, eb)]
             same = not diffs
-
-            X = np.tile(np.load(data)["X"], (16384 // n_eval, 1, 1, 1))
-            t = time.perf_counter()
-            p_local = LocalExecutor().predict_sharded(uris[0], X, batch_size=1024, tracking_uri=tracking)
-            rows.append((f"predict {len(X)} samples (torch)", "local", time.perf_counter() - t))
-            t = time.perf_counter()
-            p_ray = ray_ex.predict_sharded(uris[0], X, batch_size=1024, tracking_uri=tracking)
-            rows.append((f"predict {len(X)} samples (torch)", "ray data (actor pool)", time.perf_counter() - t))
-            same_pred = bool(np.allclose(p_local, p_ray, rtol=1e-6, atol=1e-6))
         finally:
             ray_ex.close()
             os.chdir(cwd)
@@ -144,7 +135,7 @@ def main() -> None:
     for job_name, ex, secs in rows:
         base.setdefault(job_name, secs)
         print(f"{job_name:34} {ex:34} {secs:8.2f} {secs / base[job_name]:8.2f}x")
-    print(f"\nidentical results (1e-6, wall-time metrics excepted): explanations {same}, predictions {same_pred}")
+    print(f"\nidentical results (1e-6, wall-time metrics excepted): explanations {same}")
     for line in diffs[:20]:
         print("  differs:", line)
 

@@ -3,15 +3,23 @@
     import governance
     run = governance.explain("models:/digits-cnn/2", methods=["neflag"], data="eval.npz")
     print(run.status, run.mlflow_run_id, run.explanation("neflag").metrics)
+
+Every keyword option is a field of :class:`governance.run.spec.RunSpec` (``config=`` is the per-method settings
+dict); pass ``spec=`` to reuse one. This module composes the run (``governance.run``) and the report
+(``governance.report``); neither of those calls back into it.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from governance.contract.results import RunResult
+
+log = logging.getLogger("governance.api")
+ProgressFn = Callable[[str, float, str], None]
 
 
 def _host(plugins: Sequence[str] | None = None) -> Any:
@@ -20,80 +28,52 @@ def _host(plugins: Sequence[str] | None = None) -> Any:
     return get_plugin_host(allow=list(plugins)) if plugins is not None else get_plugin_host()
 
 
-def explain(
-    model_uri: str,
-    *,
-    methods: Sequence[str] | None = None,
-    data: str | Path | None = None,
-    target: str | None = None,
-    peers: Sequence[str] | None = None,
-    config: dict[str, dict[str, Any]] | None = None,
-    device: str = "auto",
-    tracking_uri: str | None = None,
-    experiment: str = "governance",
-    seed: int = 0,
-    max_samples: int = 512,
-    batch_size: int | None = None,
-    force: bool = False,
-    reuse: bool = True,
-    plugins: Sequence[str] | None = None,
-    workdir: str | Path | None = None,
-    progress: Callable[[str, float, str], None] | None = None,
-    invocation: str | None = None,
-) -> RunResult:
-    """Explain one model version with the selected methods (all installed ones by default) and log
-    everything to a new MLflow run. A finished run with the same model and configuration is reused unless
-    ``force`` (then the new run supersedes it)."""
-    from governance.run.pipeline import Pipeline, RunOptions
-    from governance.host.tracking import resolve_tracking_uri
+def _spec(spec: Any, options: dict[str, Any]) -> Any:
+    from governance.run.spec import RunSpec
 
-    opts = RunOptions(
-        methods=list(methods) if methods is not None else None, data=str(data) if data else None, target=target,
-        peers=list(peers) if peers is not None else None, method_config=dict(config or {}), device=device,
-        seed=seed, max_samples=max_samples, batch_size=batch_size, experiment=experiment, force=force, reuse=reuse,
-    )
-    pipe = Pipeline(model_uri, opts, tracking_uri=resolve_tracking_uri(tracking_uri), host=_host(plugins),
+    if spec is None:
+        return RunSpec.build(options)
+    return RunSpec.build({**spec.to_dict(), **options}) if options else spec
+
+
+def explain(model_uri: str, *, spec: Any = None, workdir: str | Path | None = None,
+            progress: ProgressFn | None = None, invocation: str | None = None, **options: Any) -> RunResult:
+    """Explain one model version with the selected methods (all installed ones by default) and log everything
+    to a new MLflow run. A finished run with the same model and configuration is reused unless ``force`` (then
+    the new run supersedes it). ``options`` are :class:`~governance.run.spec.RunSpec` fields."""
+    from governance.run.pipeline import Pipeline
+
+    run_spec = _spec(spec, options)
+    pipe = Pipeline(model_uri, run_spec, host=_host(run_spec.plugins),
                     workdir=Path(workdir) if workdir else None, progress=progress,
                     invocation=invocation or f"governance.explain({model_uri!r})")
     return pipe.run()
 
 
-def explain_many(
-    model_uris: Sequence[str],
-    *,
-    executor: Any = "local",
-    executor_options: dict[str, Any] | None = None,
-    return_exceptions: bool = False,
-    workdir: str | Path | None = None,
-    **kwargs: Any,
-) -> list[Any]:
-    """Explain several model versions with the same settings (``kwargs`` as for :func:`explain`), fanned
-    out by an executor: ``"local"`` (one after the other, here) or ``"ray"`` (one Ray task per model, each
-    loading its own model; ``pip install 'governance[ray]'``). Results come back in input order; see
+def explain_many(model_uris: Sequence[str], *, executor: Any = "local",
+                 executor_options: dict[str, Any] | None = None, return_exceptions: bool = False,
+                 workdir: str | Path | None = None, spec: Any = None, invocation: str | None = None,
+                 progress: ProgressFn | None = None, **options: Any) -> list[Any]:
+    """Explain several model versions with the same options, fanned out by an executor: ``"local"`` (one
+    after the other, here) or ``"ray"`` (one Ray task per model, each loading its own model;
+    ``pip install 'governance[ray]'``). Results come back in input order; see
     :meth:`governance.run.executors.Executor.map_models` for ``return_exceptions``. ``workdir`` gets one
     sub-folder per model. A ``progress`` callback is only used by in-process executors."""
     from governance.contract.errors import ConfigError
-    from governance.run.executors import ExplainJob, get_executor
+    from governance.run.executors import ExplainJob, get_executor, portable_tracking_uri
 
     uris = list(model_uris)
     if not uris:
         raise ConfigError("no model URIs given", hint="pass at least one models:/NAME/VERSION")
     if dupes := sorted({u for u in uris if uris.count(u) > 1}):
         raise ConfigError(f"model URI(s) given more than once: {', '.join(dupes)}", hint="list each model once")
+    run_spec = _spec(spec, options)
     ex = get_executor(executor, **(executor_options or {}))
     try:
-        if not ex.in_process:
-            kwargs.pop("progress", None)
-        if kwargs.get("tracking_uri") is None:  # workers must write to the store this process would use
-            from governance.host.tracking import resolve_tracking_uri
-
-            kwargs["tracking_uri"] = resolve_tracking_uri(None)
-        if not ex.in_process and str(kwargs["tracking_uri"]).startswith("sqlite:///"):
-            db = str(kwargs["tracking_uri"])[len("sqlite:///"):]
-            if db != ":memory:" and not db.startswith("/"):  # workers may start in another folder
-                kwargs["tracking_uri"] = f"sqlite:///{Path(db).resolve()}"
+        run_spec = run_spec.replace(tracking_uri=portable_tracking_uri(run_spec.tracking_uri, ex.in_process))
         root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="governance-runs-"))
-        job = ExplainJob(kwargs=kwargs, workdir_root=str(root))
+        job = ExplainJob(spec=run_spec, workdir_root=str(root), invocation=invocation,
+                         progress=progress if ex.in_process else None)
         return ex.map_models(uris, job, return_exceptions=return_exceptions)
     finally:
         if ex is not executor:
@@ -112,21 +92,51 @@ def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: st
     return _resolve(model_uri, tracking_uri=uri, download_dir=dst)
 
 
-def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None):
-    """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view."""
+def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None,
+         trust_pickle: bool | None = None):
+    """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view.
+    ``trust_pickle=True`` allows a pickle-format model (see :mod:`governance.host.runtimes.pickle_policy`)."""
     from governance.run.pipeline import load_model
 
     info = resolve(model_uri, tracking_uri=tracking_uri)
-    return load_model(info, device=device, batch_size=batch_size, host=_host())
+    return load_model(info, device=device, batch_size=batch_size, host=_host(), trust_pickle=trust_pickle)
 
 
-def report_model(model_uri: str, **kwargs: Any) -> Any:
-    """Explain (or reuse a finished identical run), render the compliance report, log it to MLflow and tag
-    the version. Keyword arguments: see :func:`governance.report.publish.report_for_model`."""
-    from governance.report import report_for_model
+def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, policy: Any = None,
+                 model_card: Any = None, signer: Any = None, signing: Any = None, progress: ProgressFn | None = None,
+                 invocation: str | None = None, workdir: str | Path | None = None, **options: Any) -> Any:
+    """Explain ``model_uri`` (reusing an identical finished run unless ``force``), build the report in
+    ``output_dir/<name>-v<version>/`` (or ``output_dir`` itself when ``subfolder`` is false), log it to the run and
+    tag the model version. ``policy`` and ``model_card`` may be paths (RunSpec fields) or in-memory objects;
+    ``signer`` a dict or "NAME, ROLE, ORG"; ``signing`` a :class:`~governance.report.signing.SigningIdentity`
+    (else the ``sign_key``/``sign_cert`` options). Everything the report needs (its inputs, the signing key, a
+    writable output folder) is checked before anything is explained or written. Returns a
+    :class:`~governance.report.build.ReportResult`."""
+    from governance.contract.errors import ReportError
+    from governance.report.build import build_report, check_output_dir, check_report_inputs
+    from governance.report.publish import previous_version_record, publish_report, report_folder_name
+    from governance.report.signing import identity_for
 
-    return report_for_model(model_uri, **kwargs)
-
-
-#: the name the CLI, the webhook worker and older notes use
-report = report_model
+    run_spec = _spec(spec, {**options, **{k: v for k, v in (("policy", policy), ("model_card", model_card),
+                                                              ("signer", signer)) if isinstance(v, str)}})
+    policy_obj = policy if policy is not None and not isinstance(policy, str) else run_spec.policy
+    card = model_card if model_card is not None and not isinstance(model_card, str) else run_spec.model_card
+    signer_rec = signer if isinstance(signer, dict) else run_spec.signer_record()
+    # the user's files first: a typo in the policy must not cost a whole run
+    policy_obj = check_report_inputs(policy_obj, card, run_spec.template_dirs)
+    signing = signing or identity_for(run_spec.sign_key, run_spec.sign_cert)
+    if signing is not None and not run_spec.pdf:
+        raise ReportError("a signed report needs its PDF", hint="drop --no-pdf, or do not pass a signing key")
+    base = Path(run_spec.output_dir or "governance-reports")
+    check_output_dir(base)  # a read-only or full output folder must fail before any MLflow write
+    run = explain(model_uri, spec=run_spec, progress=progress, workdir=workdir,
+                  invocation=invocation or f"governance.report({model_uri!r})")
+    run.model["previous_version"] = previous_version_record(run.tracking_uri, run.model)
+    out = base / report_folder_name(run.model) if subfolder else base
+    result = build_report(run, out_dir=out, model_card=card, policy=policy_obj,
+                          template_dirs=[Path(d) for d in run_spec.template_dirs], signer=signer_rec,
+                          signing=signing, pdf=run_spec.pdf)
+    result.run_id = run.mlflow_run_id
+    if run_spec.log_to_mlflow:
+        publish_report(result, run, tracking_uri=run.tracking_uri)
+    return result

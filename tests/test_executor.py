@@ -13,6 +13,7 @@ import pytest
 
 import governance.api
 from governance.contract.errors import ConfigError, ModelResolutionError
+from governance.run.spec import RunSpec
 from governance.run.executors import ExplainJob, LocalExecutor, RayExecutor, get_executor, workdir_name
 from tests.conftest import FIXTURE_PLUGINS
 
@@ -188,20 +189,9 @@ def test_ray_explain_many_matches_local(ray_executor, registry, test_plugins, tm
 
 @needs_ray
 def test_ray_errors_keep_their_type_and_hint(ray_executor, registry):
-    job = ExplainJob(kwargs={"tracking_uri": registry.uri, "methods": ["occlusion"]})
+    job = ExplainJob(spec=RunSpec(tracking_uri=registry.uri, methods=("occlusion",)))
     out = ray_executor.map_models(["models:/digits-cnn/77"], job, return_exceptions=True)
     assert isinstance(out[0], ModelResolutionError) and "versions of 'digits-cnn': 1, 2" in out[0].hint
-
-
-@needs_ray
-def test_ray_predict_sharded_matches_local(ray_executor, registry):
-    """4 shards over a pool of 2 actors (each loads the model once) give the local outputs, in order."""
-    uri = "models:/digits-cnn/1"
-    X = np.load(registry.data["digits"])["X"][:50]
-    local = LocalExecutor().predict_sharded(uri, X, batch_size=16, tracking_uri=registry.uri)
-    sharded = ray_executor.predict_sharded(uri, X, batch_size=16, tracking_uri=registry.uri)
-    assert sharded.shape == local.shape == (50, 10)
-    np.testing.assert_allclose(sharded, local, rtol=1e-6, atol=1e-6)  # same order, same values
 
 
 @needs_ray
@@ -224,22 +214,6 @@ def test_gpu_fractions_split_the_cluster_gpus(ray_executor, monkeypatch):
     assert ray_executor.gpu_fraction(1) == 1.0
     monkeypatch.setattr(ray_executor, "_resources", lambda: {"CPU": 16.0, "GPU": 8.0})
     assert ray_executor.gpu_fraction(4) == 1.0
-
-
-def test_prediction_pool_follows_cpus_and_gpus(monkeypatch):
-    ex = RayExecutor.__new__(RayExecutor)  # no cluster needed: resources are given
-    ex.cpus_per_worker, ex.workers, ex.gpus_per_worker = 1.0, None, None
-    monkeypatch.setattr(ex, "_resources", lambda: {"CPU": 2.0})
-    assert ex.pool_size(10) == 2 and ex.pool_size(1) == 1 and ex.gpu_fraction(2) == 0.0
-    monkeypatch.setattr(ex, "_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
-    assert ex.pool_size(10) == 2 and ex.gpu_fraction(ex.pool_size(10)) == 1.0  # one actor per GPU
-    ex.gpus_per_worker = 0.25  # small models: four actors share each GPU
-    assert ex.pool_size(10) == 8 and ex.gpu_fraction(8) == 0.25
-    ex.workers = 3
-    assert ex.pool_size(10) == 3
-    monkeypatch.setattr(ex, "_resources", lambda: {"CPU": 16.0})
-    with pytest.raises(ConfigError, match="has no GPU"):
-        ex.pool_size(10)
 
 
 def test_explicit_gpu_share_wins():

@@ -132,12 +132,13 @@ class Recorder:
 @pytest.fixture(scope="module")
 def lifecycle(registry, tmp_path_factory):
     """One real run (and its reuse) with a recorder plugin."""
-    from governance.run.pipeline import Pipeline, RunOptions
+    from governance.run.pipeline import Pipeline
+    from governance.run.spec import RunSpec
 
     recorder = Recorder()
     host = PluginHost(allow=[])  # host loaders only, plus the recorder
     host.register_plugin(recorder, "recorder")
-    opts = RunOptions(methods=["echo"], data=str(registry.data["bc"]), experiment="hooks-lifecycle")
+    opts = RunSpec(methods=("echo",), data=str(registry.data["bc"]), experiment="hooks-lifecycle")
     run = Pipeline("models:/bc-mlp/1", opts, tracking_uri=registry.uri, host=host,
                    workdir=tmp_path_factory.mktemp("lifecycle")).run()
     again = Pipeline("models:/bc-mlp/1", opts, tracking_uri=registry.uri, host=host,
@@ -159,3 +160,102 @@ def test_run_finished_last_and_not_for_a_reused_run(lifecycle):
     run, again, calls = lifecycle
     assert calls[2] == ("run_finished", run.mlflow_run_id, "ok")
     assert again.reused and len(calls) == 3  # the reused run called no lifecycle hook
+
+
+# ----------------------------------------------------------------------------------------------- guarded calls
+class Raising:
+    """A plugin whose lifecycle hook raises: recorded as its error, the run goes on and ends truthfully."""
+
+    @hookimpl
+    def method_finished(self, run, explanation):
+        raise RuntimeError("ticket system down")
+
+
+def test_a_raising_method_finished_hook_is_recorded_and_the_run_still_finishes(registry, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from governance.run.pipeline import Pipeline
+    from governance.run.spec import RunSpec
+
+    recorder = Recorder()
+    host = PluginHost(allow=[])
+    host.register_plugin(Raising(), "raising")
+    host.register_plugin(recorder, "recorder")
+    spec = RunSpec(methods=("echo",), data=str(registry.data["bc"]), experiment="hooks-raising")
+    run = Pipeline("models:/bc-mlp/1", spec, tracking_uri=registry.uri, host=host, workdir=tmp_path).run()
+    mlflow_run = MlflowClient(registry.uri).get_run(run.mlflow_run_id)
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.tags["governance.status"] == "ok"
+    assert run.status == "ok" and run.explanation("echo").status == "ok"
+    rec = next(p for p in run.plugins if p["name"] == "raising")
+    assert rec["hook_errors"] == ["method_finished raised RuntimeError: ticket system down"]
+    assert any("raising: method_finished raised RuntimeError" in w for w in run.warnings)
+    assert ("method_finished", "echo", "ok", 1) in recorder.calls  # the other plugin's hook still ran
+    assert recorder.calls[-1][0] == "run_finished"
+
+
+def test_a_raising_hook_is_an_error_in_strict_mode(registry, tmp_path):
+    from governance.contract.errors import PluginError
+
+    host = PluginHost(allow=[], strict=True)
+    host.register_plugin(Raising(), "raising")
+    with pytest.raises(PluginError, match="method_finished raised RuntimeError"):
+        host.call_each("method_finished", run=None, explanation=None)
+
+
+def test_call_each_goes_through_pluggy_so_tracing_sees_it():
+    seen = []
+
+    class A:
+        @hookimpl
+        def run_started(self, run):
+            seen.append("a")
+
+    host = _host(Raising(), A())
+    host.pm.add_hookcall_monitoring(lambda name, impls, kwargs: seen.append(f"before {name}"),
+                                    lambda outcome, name, impls, kwargs: None)
+    host.call_each("run_started", run=None)
+    assert seen == ["before run_started", "a"]
+
+
+def test_report_sections_gets_a_read_only_view():
+    from governance.report.render import read_only
+
+    doc = {"explanations": [{"method": "m", "metrics": {"x": 1.0}}]}
+    view = read_only(doc)
+    with pytest.raises(TypeError):
+        view["explanations"][0]["metrics"]["x"] = 2.0  # a plugin cannot change the report it is shown
+    with pytest.raises((TypeError, AttributeError)):
+        view["explanations"].append({})
+    assert view["explanations"][0]["metrics"]["x"] == 1.0 and doc["explanations"][0]["metrics"]["x"] == 1.0
+
+
+def test_a_raising_register_commands_is_shown_by_governance_plugins(monkeypatch, cli_invoke):
+    import json
+
+    from governance.cli import cli
+
+    class Broken:
+        @hookimpl
+        def register_commands(self, cli):
+            raise ValueError("no click here")
+
+    class Fine:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command("fine-hook")
+            def fine():
+                """Still added."""
+                click.echo("fine")
+
+    monkeypatch.setattr("governance.host.plugins._default_host", _host(Broken(), Fine()))
+    monkeypatch.setattr(cli, "_plugins_added", False, raising=False)
+    try:
+        code, out, err = cli_invoke("fine-hook")
+        assert code == 0 and out.strip() == "fine"
+        assert "p0: register_commands raised ValueError: no click here" in err
+        code, out, _ = cli_invoke("plugins", "--all", "--json")
+        rows = {r["name"]: r for r in json.loads(out)}
+        assert rows["p0"]["hook_errors"] == ["register_commands raised ValueError: no click here"]
+        assert rows["p1"]["hook_errors"] == []
+    finally:
+        cli.commands.pop("fine-hook", None)

@@ -99,15 +99,16 @@ def test_the_service_handler_never_unpickles_unless_configured(payload, registry
     """The job handler sets the switch from the service's own settings, whatever the environment says."""
     from governance.contract.errors import ModelLoadError
     from governance.service.handlers import report_job
-    from governance.service.jobs import ReportSettings, job_spec
+    from governance.run.spec import RunSpec
+    from governance.service.jobs import job_spec
     from governance.service.queue import JobQueue
     from governance.service.triggers import Trigger
 
     monkeypatch.setenv("GOVERNANCE_TRUST_PICKLE", "1")  # an ambient opt-in must not reach the service
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     name, version = payload["uri"][len("models:/"):].rsplit("/", 1)
-    settings = ReportSettings(tracking_uri=registry.uri, methods=("occlusion",), plugins=("testplugin",),
-                              output_dir=str(tmp_path / "reports"))
+    settings = RunSpec(tracking_uri=registry.uri, methods=("occlusion",), plugins=("testplugin",),
+                       output_dir=str(tmp_path / "reports"))
     queue = JobQueue(tmp_path / "queue.db")
     queue.enqueue(**job_spec(Trigger(name, version, "created"), settings, source="webhook"))
     job = queue.claim("test-worker", 60)

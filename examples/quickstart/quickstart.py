@@ -92,18 +92,16 @@ def register(name: str, kind: str, epochs: tuple[int, int], client, workdir: Pat
                                      "Demonstration of the governance tool on scikit-learn's bundled data.")
 
 
-def test_signing_key(keys: Path, out: Path):
+def test_signing_key(keys: Path, out: Path) -> tuple[Path, Path]:
     """A throw-away key and self-signed certificate from `governance keygen`; the certificate is copied
     beside the reports (the key is deleted with the temporary folder)."""
-    from governance.report.signing import load_identity
-
     subprocess.run([sys.executable, "-m", "governance", "keygen", "--out", str(keys), "--name",
                     "Quick-start test signer (not a real identity)"], check=True, stdout=subprocess.DEVNULL)
     out.mkdir(parents=True, exist_ok=True)
     cert = out / "quickstart-signer-cert.pem"
     shutil.copy(keys / "cert.pem", cert)
     say(f"signing the reports with a test key; its certificate is {cert}")
-    return load_identity(keys / "key.pem", keys / "cert.pem"), cert
+    return keys / "key.pem", cert
 
 
 def verified(pdf: Path | None, cert: Path) -> bool:
@@ -146,11 +144,11 @@ def main() -> int:
 
     failures = 0
     with tempfile.TemporaryDirectory() as keys:
-        signing, cert = test_signing_key(Path(keys), Path(args.out))
+        key, cert = test_signing_key(Path(keys), Path(args.out))
         for uri in ("models:/digits-cnn@champion", "models:/breast-cancer-mlp-onnx@champion"):
             say(f"explaining and reporting on {uri} ...")
-            result = governance.report_model(uri, tracking_uri=args.tracking_uri, out_dir=Path(args.out),
-                                             policy=args.policy, signing=signing)
+            result = governance.report_model(uri, tracking_uri=args.tracking_uri, output_dir=args.out,
+                                             policy=args.policy, sign_key=str(key), sign_cert=str(cert))
             verdict = f", policy verdict {result.verdict}" if result.verdict else ""
             say(f"  report: {result.pdf}  (run {result.run_id}, run status {result.run_status}{verdict})")
             # a failed policy check is a finding the report documents, not a failure of the quick start

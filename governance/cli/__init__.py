@@ -1,9 +1,10 @@
 """The ``governance`` command line. Sub-commands live in their own modules and are imported only when
 invoked, so ``governance --help`` stays fast; plugins add commands through the ``register_commands`` hook.
 
-Exit codes: 0 success (and policy pass); 1 unexpected error; 2 usage/config error; 3 plugin error;
-4 model not found or not loadable; 5 data error; 6 tracking store unreachable; 7 a method refused its
-input; 8 report error; 10 the run finished but some methods failed; 11 a policy check failed.
+Exit codes (the table in the README): 0 success (and policy pass); 1 unexpected error; 2 usage/config error;
+3 plugin error; 4 model not found or not loadable; 5 data error; 6 tracking store unreachable; 7 a method refused
+its input outside a run (e.g. `governance retrain`); 8 report error; 10 the run finished but some methods
+failed; 11 a policy check failed. The codes live with the errors, in governance.contract.errors.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import sys
 from typing import Any
 
 import click
-
-EXIT_METHODS_FAILED = 10
-EXIT_POLICY_FAILED = 11
 
 #: command name -> "module:attribute" (imported on use)
 COMMANDS: dict[str, str] = {
@@ -59,7 +57,11 @@ class LazyGroup(click.Group):
         try:
             from governance.host.plugins import get_plugin_host
 
-            get_plugin_host().hook.register_commands(cli=self)
+            host = get_plugin_host()
+            before = len(host.hook_errors())
+            host.call_each("register_commands", cli=self)  # a raising plugin is recorded, the others still add
+            for error in host.hook_errors()[before:]:
+                click.echo(f"warning: plugin commands unavailable: {error}", err=True)
         except Exception as exc:  # never let a plugin break the CLI itself
             click.echo(f"warning: plugin commands unavailable: {exc}", err=True)
 

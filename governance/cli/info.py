@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from governance.cli.options import echo_json, json_option, tracking_option, trust_pickle_option
+from governance.cli.options import echo_json, json_option, tracking_option
 
 
 @click.command("plugins")
@@ -19,7 +19,8 @@ def plugins_cmd(show_all: bool, hook: str | None, requirements: bool, as_json: b
     from governance.host.plugins import get_plugin_host
 
     host = get_plugin_host()
-    records = [r for r in host.records if show_all or r.status in ("loaded", "failed")]
+    host.methods  # noqa: B018 - collect methods first: a failing register_methods marks its plugin failed
+    records = [r for r in host.records if show_all or r.status in ("loaded", "failed") or r.hook_errors]
     if hook:
         records = [r for r in records if hook in r.hooks]
     rows = []
@@ -47,6 +48,7 @@ def plugins_cmd(show_all: bool, hook: str | None, requirements: bool, as_json: b
     for row in rows:
         methods = "\n".join(f"{m['name']} {m['version']} ({', '.join(m['requires'])})" for m in row["methods"])
         status = row["status"] + (f"\n{row['error'].splitlines()[0]}" if row.get("error") else "")
+        status += "".join(f"\nhook error: {e}" for e in row.get("hook_errors") or [])
         table.add_row(row["name"], status, f"{row['distribution'] or '-'} {row['version'] or ''}", methods,
                       ", ".join(row["hooks"]))
     Console().print(table)
@@ -74,6 +76,7 @@ def doctor_cmd(tracking_uri: str | None, as_json: bool) -> None:
         store = {"uri": uri, "reachable": False, "error": str(exc)}
     report["tracking_store"] = store
     host = get_plugin_host()
+    host.methods  # noqa: B018 - see plugins_cmd
     report["plugins"] = {r.name: r.status for r in host.records}
     report["methods"] = sorted(host.methods)
     problems = [f"tracking store: {store['error']}"] if not store["reachable"] else []
@@ -105,16 +108,18 @@ def doctor_cmd(tracking_uri: str | None, as_json: bool) -> None:
 @click.argument("model_uri")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 @tracking_option
-@trust_pickle_option
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickle-format model: loading it runs any code its author "
+              "put into it (see README, 'Pickle-format models').")
 @json_option
-def inspect_cmd(model_uri: str, device: str, tracking_uri: str | None, as_json: bool) -> None:
-    """Resolve and load MODEL_URI and show identity, file hashes, signature and what methods can use."""
+def inspect_cmd(model_uri: str, device: str, tracking_uri: str | None, trust_pickle: bool, as_json: bool) -> None:
+    """Resolve and load MODEL_URI and show identity, file hashes, signature and what methods can use.
+    Pickle-format models are refused unless --trust-pickle: loading one would run its code."""
     from governance.api import load
 
-    model = load(model_uri, device=device, tracking_uri=tracking_uri)
+    model = load(model_uri, device=device, tracking_uri=tracking_uri, trust_pickle=trust_pickle or None)
     model.torch_module()  # builds the torch view (ONNX) so gradient availability is real
     info = model.info.to_dict()
-    doc = {"model": info, "runtime": model.describe(), "layers": model.layer_names()[:200]}
+    doc = {"model": info, "runtime": model.describe(check_gradients=True), "layers": model.layer_names()[:200]}
     if as_json:
         echo_json(doc)
         return

@@ -3,60 +3,18 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from governance.cli.options import echo_json, json_option, method_config, run_options, split_csv
+from governance.cli.options import echo_json, invocation, json_option, spec_from_cli, spec_options
 
 EXIT_VERIFY_FAILED = 8  # ReportError's code: "rendering or verifying a report failed"
 
 _MARK = {"ok": ("✓", "green"), "pass": ("✓", "green"), "fail": ("✗", "red"), "warn": ("!", "yellow"),
          "skipped": ("–", "bright_black"), "not_evaluated": ("–", "bright_black"), "unavailable": ("?", "yellow")}
-
-
-def _signer(text: str | None) -> dict[str, str] | None:
-    if not text:
-        return None
-    parts = [p.strip() for p in text.split(",")]
-    keys = ("name", "role", "organisation")
-    return {k: v for k, v in zip(keys, parts) if v}
-
-
-def _with_settings(policy: str | None, template_dirs: tuple[str, ...], out_dir: str | None,
-                   signer: str | None) -> tuple[str | None, tuple[str, ...], str, str | None]:
-    """Fill what the command line left out from the settings file's ``[report]`` table (governance.host.settings):
-    ``policy``, ``template_dirs``, ``out_dir``, ``signer``."""
-    from governance.host.settings import setting
-
-    if policy is None:
-        policy = setting("report.policy")
-    if not template_dirs:
-        dirs = setting("report.template_dirs") or []
-        template_dirs = tuple([dirs] if isinstance(dirs, str) else dirs)
-    return policy, template_dirs, out_dir or setting("report.out_dir", "governance-reports"), signer or setting("report.signer")
-
-
-def signing_identity(key: str | None, cert: str | None) -> Any:
-    """The signing key and certificate from ``--sign-key``/``--sign-cert``, else the settings file's
-    ``report.sign_key``/``report.sign_cert``; None when neither names a key (the report is then unsigned)."""
-    from governance.host.settings import setting
-
-    key = key or setting("report.sign_key")
-    cert = cert or setting("report.sign_cert")
-    if not key:
-        if cert:
-            from governance.contract.errors import ConfigError
-
-            raise ConfigError("--sign-cert was given without --sign-key",
-                              hint="pass the private key too (or one PKCS#12 file as --sign-key)")
-        return None
-    from governance.report.signing import load_identity
-
-    return load_identity(key, cert)
 
 
 def _trust_paths(trust: tuple[str, ...]) -> list[str]:
@@ -128,7 +86,7 @@ def _print_report(result: Any) -> None:
 
 def _exit_code(result: Any) -> int:
     """With a policy the verdict decides (11 on fail); without one, a run with failed methods gives 10."""
-    from governance.cli import EXIT_METHODS_FAILED
+    from governance.contract.errors import EXIT_METHODS_FAILED
     from governance.report.policy import exit_code
 
     if result.policy is not None:
@@ -138,32 +96,11 @@ def _exit_code(result: Any) -> int:
 
 @click.command("report")
 @click.argument("model_uri", required=False)
-@run_options
-@click.option("--policy", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
-              help="YAML/TOML thresholds per metric; gives the verdict, the exit code and governance.status.")
-@click.option("--model-card", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
-              help="YAML with the human-only fields (intended use, limitations, approvers ...).")
-@click.option("--out", "-o", "out_dir", default=None, metavar="DIR",
-              help="The report goes to DIR/<name>-v<version>/ [default: governance-reports].")
-@click.option("--template-dir", "template_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
-              metavar="DIR", help="Folder whose templates override the shipped ones (repeatable, first wins).")
-@click.option("--reuse/--no-reuse", default=True, show_default=True,
-              help="Reuse the explanations of an identical finished run (--no-reuse computes them again).")
-@click.option("--signer", metavar="'NAME, ROLE, ORG'", help="The responsible person who will sign the report.")
+@spec_options("report")
+@json_option
 @click.option("--from-run", "from_run", type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Build from a local run folder (run.json + explanations/) without running or logging.")
-@click.option("--no-log", is_flag=True, help="Do not log the report to MLflow nor tag the model version.")
-@click.option("--no-pdf", is_flag=True, help="Write report.json, report.html and manifest.json only.")
-@click.option("--sign-key", metavar="KEY", help="Private key (PEM/DER) or PKCS#12 file that signs the PDF (PAdES) and "
-              "the manifest [settings: report.sign_key; passphrase from GOVERNANCE_SIGN_PASSPHRASE].")
-@click.option("--sign-cert", metavar="CERT", help="The key's certificate (PEM/DER, chain after it) [settings: "
-              "report.sign_cert]. Try it out with `governance keygen`.")
-def report_cmd(model_uri: str | None, methods: str | None, data: str | None, target: str | None, peers: str | None,
-               config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
-               experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, as_json: bool,
-               policy: str | None, model_card: str | None, out_dir: str | None, template_dirs: tuple[str, ...],
-               reuse: bool, signer: str | None, from_run: str | None, no_log: bool, no_pdf: bool,
-               sign_key: str | None, sign_cert: str | None) -> None:
+def report_cmd(model_uri: str | None, as_json: bool, from_run: str | None, **options: Any) -> None:
     """Explain MODEL_URI (or reuse an identical earlier run) and write a dated, signable compliance report:
     report.json, report.html, a PDF/A-3b with report.json and manifest.json embedded, and the manifest.
     The report is logged under report/ in the MLflow run, and the model version is tagged with
@@ -177,35 +114,15 @@ def report_cmd(model_uri: str | None, methods: str | None, data: str | None, tar
     the sign-off section and tagged on the MLflow run and model version.
     """
     from governance.contract.errors import ConfigError
-    from governance.report.build import build_report
-    from governance.report.publish import report_folder_name
 
-    policy, template_dirs, out_dir, signer = _with_settings(policy, template_dirs, out_dir, signer)
+    spec = spec_from_cli(options, "report")
     if bool(model_uri) == bool(from_run):
         raise ConfigError("give a MODEL_URI or --from-run DIR (one of them)",
                           hint="e.g. governance report models:/my-model@champion --policy policy.yaml")
-    signing = signing_identity(sign_key, sign_cert)  # a bad key must fail before anything is computed
-    if from_run:
-        run = _load_run_folder(Path(from_run))
-        out = Path(out_dir) / report_folder_name(run.model)
-        result = build_report(run, out_dir=out, workdir=Path(from_run), policy=policy, model_card=model_card,
-                              template_dirs=[Path(d) for d in template_dirs], signer=_signer(signer),
-                              signing=signing, pdf=not no_pdf)
-    else:
-        from governance.cli.run import progress_printer
-        from governance.report.publish import report_for_model
+    from governance.report.signing import identity_for
 
-        callback, bar = progress_printer(not as_json and sys.stderr.isatty())
-        with bar:
-            result = report_for_model(
-                model_uri, out_dir=out_dir, methods=split_csv(methods), data=data, target=target,
-                peers=split_csv(peers), config=method_config(config_file, overrides), device=device, seed=seed,
-                max_samples=max_samples, experiment=experiment, force=force, reuse=reuse,
-                plugins=split_csv(plugins), tracking_uri=tracking_uri, policy=policy, model_card=model_card,
-                template_dirs=[Path(d) for d in template_dirs], signer=_signer(signer), signing=signing,
-                log_to_mlflow=not no_log,
-                pdf=not no_pdf, progress=callback,
-                invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None)
+    identity_for(spec.sign_key, spec.sign_cert)  # a bad key or passphrase fails before anything is computed
+    result = _report_from_folder(Path(from_run), spec) if from_run else _report_on_model(model_uri, spec, as_json)
     if as_json:
         echo_json(result.to_dict())
     else:
@@ -213,6 +130,28 @@ def report_cmd(model_uri: str | None, methods: str | None, data: str | None, tar
     code = _exit_code(result)
     if code:
         sys.exit(code)
+
+
+def _report_from_folder(folder: Path, spec: Any) -> Any:
+    from governance.report.build import build_report
+    from governance.report.publish import report_folder_name
+
+    run = _load_run_folder(folder)
+    out = Path(spec.output_dir or "governance-reports") / report_folder_name(run.model)
+    from governance.report.signing import identity_for
+
+    return build_report(run, out_dir=out, workdir=folder, policy=spec.policy, model_card=spec.model_card,
+                        template_dirs=[Path(d) for d in spec.template_dirs], signer=spec.signer_record(),
+                        signing=identity_for(spec.sign_key, spec.sign_cert), pdf=spec.pdf)
+
+
+def _report_on_model(model_uri: str, spec: Any, as_json: bool) -> Any:
+    from governance.api import report_model
+    from governance.cli.run import progress_printer
+
+    callback, bar = progress_printer(not as_json and sys.stderr.isatty())
+    with bar:
+        return report_model(model_uri, spec=spec, progress=callback, invocation=invocation())
 
 
 @click.command("verify")

@@ -1,14 +1,13 @@
-"""``governance run``: explain one model version and log everything to a new MLflow run."""
+"""``governance run``: explain one or several model versions and log everything to new MLflow runs."""
 
 from __future__ import annotations
 
-import shlex
 import sys
 from typing import Any
 
 import click
 
-from governance.cli.options import echo_json, method_config, run_options, split_csv
+from governance.cli.options import echo_json, invocation, json_option, spec_from_cli, spec_options
 
 
 def progress_printer(enabled: bool) -> tuple[Any, Any]:
@@ -32,21 +31,6 @@ def progress_printer(enabled: bool) -> tuple[Any, Any]:
     return update, bar
 
 
-def execute_run(model_uri: str, *, methods: str | None, data: str | None, target: str | None, peers: str | None,
-                config_file: str | None, overrides: tuple[str, ...], device: str, seed: int, max_samples: int,
-                experiment: str, force: bool, plugins: str | None, tracking_uri: str | None, quiet: bool) -> Any:
-    from governance.api import explain
-
-    callback, bar = progress_printer(not quiet and sys.stderr.isatty())
-    with bar:
-        return explain(
-            model_uri, methods=split_csv(methods), data=data, target=target, peers=split_csv(peers),
-            config=method_config(config_file, overrides), device=device, seed=seed, max_samples=max_samples,
-            experiment=experiment, force=force, plugins=split_csv(plugins), tracking_uri=tracking_uri,
-            progress=callback, invocation=shlex.join(["governance", *sys.argv[1:]]) if sys.argv else None,
-        )
-
-
 def print_run_summary(run: Any) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -66,21 +50,44 @@ def print_run_summary(run: Any) -> None:
             shown = (e.reason or "").splitlines()[0][:100]
         table.add_row(e.method, e.status, f"{e.seconds:.2f}" if e.seconds is not None else "-", shown)
     console.print(table)
+    for warning in getattr(run, "warnings", []) or []:
+        console.print(f"[yellow]warning[/yellow] {warning}")
     if run.workdir:
         console.print(f"local copy: {run.workdir}")
 
 
+def _run_one(model_uri: str, spec: Any, as_json: bool) -> list[Any]:
+    from governance.api import explain
+
+    callback, bar = progress_printer(not as_json and sys.stderr.isatty())
+    with bar:
+        return [explain(model_uri, spec=spec, progress=callback, invocation=invocation())]
+
+
+def _run_many(model_uris: tuple[str, ...], spec: Any, executor: str) -> tuple[list[Any], list[tuple[str, Any]]]:
+    """Fan out; a model that cannot be run is reported (GovernanceError) without stopping the others."""
+    from governance.api import explain_many
+    from governance.contract.errors import GovernanceError
+
+    outcomes = explain_many(list(model_uris), executor=executor, return_exceptions=True, spec=spec,
+                            invocation=invocation())
+    errors = [(uri, o) for uri, o in zip(model_uris, outcomes) if isinstance(o, BaseException)]
+    for uri, exc in errors:
+        if not isinstance(exc, GovernanceError):
+            raise exc
+        click.secho(f"error: {uri}: {exc}", fg="red", err=True)
+    return [o for o in outcomes if not isinstance(o, BaseException)], errors
+
+
 @click.command("run")
 @click.argument("model_uris", nargs=-1, required=True, metavar="MODEL_URI...")
-@run_options
+@spec_options("run")
+@json_option
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               envvar="GOVERNANCE_EXECUTOR",
               help="Where several models run: local (one after the other) or ray (one Ray task per model; "
               "RAY_ADDRESS joins a cluster; needs pip install 'governance[ray]') [env GOVERNANCE_EXECUTOR].")
-def run_cmd(model_uris: tuple[str, ...], methods: str | None, data: str | None, target: str | None,
-            peers: str | None, config_file: str | None, overrides: tuple[str, ...], device: str, seed: int,
-            max_samples: int, experiment: str, force: bool, plugins: str | None, tracking_uri: str | None,
-            as_json: bool, executor: str) -> None:
+def run_cmd(model_uris: tuple[str, ...], as_json: bool, executor: str, **options: Any) -> None:
     """Explain each MODEL_URI (models:/name/3, models:/name@alias, runs:/id/path or a .onnx file) and log the
     explanations, metrics and figures to a new MLflow run linked to the model version.
 
@@ -88,23 +95,24 @@ def run_cmd(model_uris: tuple[str, ...], methods: str | None, data: str | None, 
     several models, --json prints a list, and a model that cannot be run is reported without stopping the
     others (the exit code is then that error's).
     """
-    from governance.cli import EXIT_METHODS_FAILED
+    from governance.contract.errors import EXIT_METHODS_FAILED
 
+    spec = spec_from_cli(options, "run")
+    errors: list[tuple[str, Any]] = []
     if len(model_uris) > 1 or executor != "local":
-        from governance.cli.many import execute_many
-
-        execute_many(model_uris, executor, as_json=as_json, methods=methods, data=data, target=target, peers=peers,
-                     config_file=config_file, overrides=overrides, device=device, seed=seed,
-                     max_samples=max_samples, experiment=experiment, force=force, plugins=plugins,
-                     tracking_uri=tracking_uri)
-        return
-    model_uri = model_uris[0]
-    run = execute_run(model_uri, methods=methods, data=data, target=target, peers=peers, config_file=config_file,
-                      overrides=overrides, device=device, seed=seed, max_samples=max_samples, experiment=experiment,
-                      force=force, plugins=plugins, tracking_uri=tracking_uri, quiet=as_json)
-    if as_json:
-        echo_json(run.to_dict())
+        runs, errors = _run_many(model_uris, spec, executor)
     else:
-        print_run_summary(run)
-    if run.status != "ok":
+        runs = _run_one(model_uris[0], spec, as_json)
+    if as_json:
+        if len(model_uris) == 1:
+            if runs:
+                echo_json(runs[0].to_dict())
+        else:
+            echo_json([r.to_dict() for r in runs])
+    else:
+        for run in runs:
+            print_run_summary(run)
+    if errors:
+        sys.exit(errors[0][1].exit_code)
+    if any(r.status != "ok" for r in runs):
         sys.exit(EXIT_METHODS_FAILED)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import click
 
-from governance.cli.options import _from_settings, echo_json, split_csv
+from governance.cli.options import echo_json, spec_from_cli, spec_options
 
 # ------------------------------------------------------------------------------------------ shared options
 
@@ -76,48 +76,10 @@ def trigger_options(fn: Callable) -> Callable:
 
 
 def report_options(fn: Callable) -> Callable:
-    return _apply(fn, [
-        click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
-                     help="MLflow tracking URI [env MLFLOW_TRACKING_URI]."),
-        click.option("--methods", "-m", metavar="A,B", help="Methods to run (default: every installed method)."),
-        click.option("--data", "-d", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
-                     help="Samples to explain (default: the source run's governance/eval.npz, else the input example)."),
-        click.option("--target", metavar="COLUMN", help="Label column of a csv/parquet --data file."),
-        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
-                     help="YAML/TOML file with per-method settings."),
-        click.option("--set", "overrides", multiple=True, metavar="METHOD.KEY=VALUE", help="Override one method setting."),
-        click.option("--policy", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
-                     help="Thresholds the report is checked against (verdict -> governance.status) "
-                          "[settings file: report.policy]."),
-        click.option("--model-card", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
-                     help="YAML with the human-only fields of the report."),
-        click.option("--template-dir", "template_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
-                     metavar="DIR", help="Folder of overriding report templates (repeatable) [settings: report.template_dirs]."),
-        click.option("--signer", metavar="'NAME, ROLE, ORG'", help="Who will sign the reports [settings: report.signer]."),
-        click.option("--no-pdf", is_flag=True, help="Write report.json, report.html and manifest.json only."),
-        click.option("--sign-key", type=click.Path(exists=True, dir_okay=False), metavar="KEY",
-                     help="Sign every report with this key (PEM/DER, or PKCS#12) [settings: report.sign_key; "
-                          "passphrase from GOVERNANCE_SIGN_PASSPHRASE]."),
-        click.option("--sign-cert", type=click.Path(exists=True, dir_okay=False), metavar="CERT",
-                     help="The signing key's certificate [settings: report.sign_cert]."),
-        click.option("--trust-pickle", is_flag=True,
-                     help="Let jobs load pickle-format models, which runs their code: only when you trust everyone "
-                          "who can register models. Without it the service refuses pickle whatever the environment "
-                          "says [settings: trust_pickle]."),
-        click.option("--output-dir", type=click.Path(file_okay=False), metavar="DIR",
-                     help="Reports go to DIR/<name>-v<version>/ [settings: report.out_dir; default "
-                          "$GOVERNANCE_HOME/reports]."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_from_settings("device", "auto"),
-                     show_default="auto"),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--max-samples", type=click.IntRange(1), default=512, show_default=True),
-        click.option("--experiment", default=_from_settings("experiment", "governance"), show_default="governance",
-                     help="MLflow experiment for the runs."),
-        click.option("--plugins", metavar="A,B", envvar="GOVERNANCE_PLUGINS", help="Load only these plugins."),
-        click.option("--explain-only", is_flag=True, help="Log explanations to MLflow but render no report."),
-        click.option("--max-attempts", type=click.IntRange(1, 50), default=5, show_default=True,
-                     help="Attempts per job before a transient error becomes final."),
-    ])
+    """The job options (generated from RunSpec, as for `governance report`) plus the queue's attempts."""
+    fn = click.option("--max-attempts", type=click.IntRange(1, 50), default=5, show_default=True,
+                      help="Attempts per job before a transient error becomes final.")(fn)
+    return spec_options("service")(fn)
 
 
 def worker_options(fn: Callable) -> Callable:
@@ -140,30 +102,14 @@ def worker_options(fn: Callable) -> Callable:
 
 
 def _settings_from(kw: dict[str, Any]) -> Any:
-    """The report settings from the command's options; report.* defaults from the settings file, as
-    `governance report` reads them (governance.host.settings)."""
-    from governance.host.settings import setting
-    from governance.service.jobs import ReportSettings
+    """The jobs' RunSpec from the command's options (report.* defaults from the settings file, as `governance
+    report` reads them), with absolute paths (the worker may run elsewhere) and its files read now, not in
+    every job."""
+    settings = spec_from_cli(kw, "service").with_absolute_paths()
+    settings.fingerprint()
+    from governance.report.signing import identity_for
 
-    template_dirs = kw.pop("template_dirs") or setting("report.template_dirs") or ()
-    settings = ReportSettings(
-        tracking_uri=kw.pop("tracking_uri"), methods=tuple(split_csv(kw.pop("methods")) or ()), data=kw.pop("data"),
-        target=kw.pop("target"), config=kw.pop("config_file"), overrides=tuple(kw.pop("overrides")),
-        policy=kw.pop("policy") or setting("report.policy"), model_card=kw.pop("model_card"),
-        template_dirs=tuple([template_dirs] if isinstance(template_dirs, str) else template_dirs),
-        signer=kw.pop("signer") or setting("report.signer"), pdf=not kw.pop("no_pdf"),
-        sign_key=kw.pop("sign_key") or setting("report.sign_key"),
-        sign_cert=kw.pop("sign_cert") or setting("report.sign_cert"),
-        trust_pickle=bool(kw.pop("trust_pickle") or setting("trust_pickle")),
-        output_dir=kw.pop("output_dir") or setting("report.out_dir"), device=kw.pop("device"), seed=kw.pop("seed"),
-        max_samples=kw.pop("max_samples"), experiment=kw.pop("experiment"),
-        plugins=tuple(split_csv(kw.pop("plugins")) or ()), report=not kw.pop("explain_only"),
-    )
-    settings.fingerprint()  # unreadable files fail now, not in every job
-    if settings.sign_key or settings.sign_cert:
-        from governance.cli.report import signing_identity
-
-        signing_identity(settings.sign_key, settings.sign_cert)  # a wrong key or passphrase fails at start
+    identity_for(settings.sign_key, settings.sign_cert)  # a wrong key or passphrase fails at start, not per job
     return settings
 
 

@@ -11,10 +11,15 @@
     └── ReportError                 rendering or verifying a report failed
 
 The CLI turns these into a one-line message plus ``hint`` and a documented exit code; anything that is not
-a GovernanceError is a bug and is shown with its traceback.
+a GovernanceError is a bug and is shown with its traceback. Two exit codes are outcomes, not errors:
+:data:`EXIT_METHODS_FAILED` (the run finished but some methods failed) and :data:`EXIT_POLICY_FAILED`.
 """
 
 from __future__ import annotations
+
+
+EXIT_METHODS_FAILED = 10
+EXIT_POLICY_FAILED = 11
 
 
 class GovernanceError(Exception):

@@ -61,8 +61,10 @@ def load_model(info: "ModelVersionInfo", options: dict[str, Any]) -> "LoadedMode
     """Load a resolved model version, or return ``None`` when this plugin does not handle its flavor.
 
     ``info.flavors`` lists the MLflow flavors in the model's ``MLmodel`` file and ``info.local_path`` the
-    downloaded files. ``options`` holds ``device`` (``"auto" | "cpu" | "cuda"``), ``prefer``
-    (a runtime name or ``None``) and ``batch_size``.
+    downloaded files. ``options`` holds ``device`` (``"auto" | "cpu" | "cuda"``) and ``batch_size``
+    (an int or ``None``), and ``trust_pickle: True`` only when the user opted in to pickle-format models
+    (``--trust-pickle``): a loader that would unpickle must otherwise refuse (see the README, "Pickle-format
+    models").
 
     Stops at the first non-None result; plugins registered later are called first, so a third-party
     loader can take over a flavor from the built-in one.
@@ -77,7 +79,8 @@ def report_sections(report: dict[str, Any]) -> "list[dict[str, Any]] | None":
     """Return extra report sections: dicts with ``id``, ``title``, ``template`` (a Jinja2 template name
     visible to the report's loader) or ``html`` (trusted markup you produced), and ``context``.
 
-    ``report`` is the report's JSON document (read-only by convention).
+    ``report`` is a deep read-only view of the report's JSON document (mappings are ``MappingProxyType``,
+    lists are tuples).
 
     .. versionadded:: 1.0
     """

@@ -31,7 +31,7 @@ class Requirement(str, enum.Enum):
     GRADIENTS = "gradients"  # a differentiable torch view of the model
     ACTIVATIONS = "activations"  # hidden-layer activations through the torch view
     PARAMETERS = "parameters"  # the model's weight tensors
-    PEERS = "peers"  # other models to compare with (e.g. earlier versions)
+    PEERS = "peers"  # compares with other models when there are any (earlier versions by default): only these methods get ctx.peers
     LABELS = "labels"  # targets in the dataset
 
 
@@ -58,10 +58,6 @@ class Method(abc.ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: Jinja2 template of the report section, as ``"package.module:relative/path.html.j2"`` or None.
     report_template: ClassVar[str | None] = None
-    #: capability flags (informational; shown in ``governance plugins``).
-    produces_attributions: ClassVar[bool] = False
-    #: whether a single run compares several models (``ctx.peers``) rather than explaining one.
-    uses_peers: ClassVar[bool] = False
 
     @classmethod
     def can_explain(cls, *, model: "LoadedModel", data: "Dataset") -> str | None:

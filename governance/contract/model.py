@@ -165,13 +165,22 @@ class LoadedModel(abc.ABC):
         methods explain. False for e.g. per-pixel outputs."""
         return len([d for d in self.output_spec.sample_shape if d not in (None, 1)]) <= 1
 
-    def describe(self) -> dict[str, Any]:
+    @property
+    def view_checked(self) -> bool:
+        """Whether the torch view is known to exist or not without building it (a lazily built view, as for
+        ONNX models, is only built when a method asks for gradients or activations)."""
+        return True
+
+    def describe(self, *, check_gradients: bool = False) -> dict[str, Any]:
+        """What the report and run.json say about the runtime. ``gradients`` is None ("not checked") when no
+        method needed the torch view and ``check_gradients`` is false: describing never builds it."""
+        known = check_gradients or self.view_checked
         return {
             "runtime": self.runtime,
             "device": self.device,
             "input": self.input_spec.to_dict(),
             "output": self.output_spec.to_dict(),
-            "gradients": self.has_gradients,
+            "gradients": self.has_gradients if known else None,
             "torch_unavailable_reason": self.torch_unavailable_reason,
             "parity_max_abs_diff": self.parity_max_abs_diff,
             **getattr(self, "details", {}),

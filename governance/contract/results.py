@@ -134,6 +134,10 @@ class RunResult:
     config_hash: str | None = None
     workdir: Path | None = None
     reused: bool = False
+    #: the RunSpec the run was made with (:meth:`governance.run.spec.RunSpec.to_dict`)
+    spec: dict[str, Any] | None = None
+    #: run-level problems that did not stop it (a plugin hook that raised, ...)
+    warnings: list[str] = field(default_factory=list)
 
     def explanation(self, method: str) -> Explanation | None:
         return next((e for e in self.explanations if e.method == method), None)
@@ -160,6 +164,8 @@ class RunResult:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "reused": self.reused,
+            "spec": self.spec,
+            "warnings": list(self.warnings),
             "explanations": [e.to_dict() for e in self.explanations],
         }
         return jsonable(d)
@@ -192,7 +198,8 @@ def run_from_dict(d: dict[str, Any], workdir: Path | None = None) -> RunResult:
         peers=d.get("peers") or [], performance=d.get("performance") or {}, invocation=d.get("invocation"),
         mlflow_run_id=mlf.get("run_id"), experiment_id=mlf.get("experiment_id"), tracking_uri=mlf.get("tracking_uri"),
         started_at=d.get("started_at"), finished_at=d.get("finished_at"), status=d.get("status", "unknown"),
-        config_hash=d.get("config_hash"), workdir=workdir, reused=bool(d.get("reused")),
+        config_hash=d.get("config_hash"), workdir=workdir, reused=bool(d.get("reused")), spec=d.get("spec"),
+        warnings=list(d.get("warnings") or []),
     )
     for ed in d.get("explanations") or []:
         folder = Path(workdir) / "explanations" / ed["method"] if workdir else None

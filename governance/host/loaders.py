@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from governance.contract.hookspecs import hookimpl
-from governance.contract.model import LoadedModel, ModelVersionInfo
+
+if TYPE_CHECKING:  # registered on every start (even `governance --help`): no numpy at import time
+    from governance.contract.model import LoadedModel, ModelVersionInfo
 
 
 @hookimpl
-def load_model(info: ModelVersionInfo, options: dict[str, Any]) -> LoadedModel | None:
+def load_model(info: "ModelVersionInfo", options: dict[str, Any]) -> "LoadedModel | None":
     device = options.get("device", "auto")
     batch_size = int(options.get("batch_size") or 256)
-    prefer = options.get("prefer")
     flavors = info.flavors or {}
-    if "onnx" in flavors and prefer != "torch":
+    if "onnx" in flavors:
         from governance.host.runtimes.onnx_model import OnnxModel
 
         rel = flavors["onnx"].get("data", "model.onnx")
@@ -23,5 +24,5 @@ def load_model(info: ModelVersionInfo, options: dict[str, Any]) -> LoadedModel |
         from governance.host.runtimes.device import torch_device
         from governance.host.runtimes.torch_model import load_torch_model
 
-        return load_torch_model(info, torch_device(device), batch_size)
+        return load_torch_model(info, torch_device(device), batch_size, trust_pickle=options.get("trust_pickle"))
     return None

@@ -45,6 +45,8 @@ class PluginRecord:
     error: str | None = None
     hooks: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
+    #: "<hook>: <error>" for every hook implementation of this plugin that raised (the call was isolated)
+    hook_errors: list[str] = field(default_factory=list)
     requirements: list[str] = field(default_factory=list)
     builtin: bool = False
 
@@ -76,7 +78,7 @@ class PluginHost:
             self.pm.trace.root.setwriter(lambda msg: log.warning("trace: %s", msg.rstrip()))
             self.pm.enable_tracing()
         self.records: list[PluginRecord] = []
-        self.methods: dict[str, type] = {}
+        self._methods: dict[str, type] | None = None  # collected on first use: `governance --help` needs none
         self._method_plugin: dict[str, str] = {}
         self.strict = strict if strict is not None else env.get("GOVERNANCE_STRICT_PLUGINS", "") not in ("", "0")
         if autoload is None:
@@ -103,7 +105,6 @@ class PluginHost:
         if autoload:
             self._load_entry_points()
         self.pm.check_pending()
-        self._collect_methods()
 
     # ------------------------------------------------------------------------------------------- loading
     def _register_essentials(self) -> None:
@@ -170,7 +171,7 @@ class PluginHost:
         self.pm.check_pending()
         self.records.append(PluginRecord(name=name, module=getattr(plugin, "__name__", repr(plugin)),
                                          hooks=self._hook_names(plugin)))
-        self._collect_methods()
+        self._methods = None
 
     @staticmethod
     def _check_api_version(name: str, plugin: Any) -> None:
@@ -194,19 +195,24 @@ class PluginHost:
         return sorted(caller.name for caller in (self.pm.get_hookcallers(plugin) or []))
 
     # ------------------------------------------------------------------------------------------- methods
-    def _collect_methods(self) -> None:
+    @property
+    def methods(self) -> dict[str, type]:
+        """Method name -> class, from every plugin's ``register_methods`` (called once, on first use: importing
+        method classes imports numpy and more, which listing commands does not need)."""
+        if self._methods is None:
+            self._methods = {}
+            self._method_plugin.clear()
+            self._collect_methods(self._methods)
+        return self._methods
+
+    def _collect_methods(self, methods: dict[str, type]) -> None:
         from governance.contract.method import Method
 
-        self.methods.clear()
-        for plugin_name, plugin in self.pm.list_name_plugin():
-            impl = getattr(plugin, "register_methods", None)
-            if impl is None or plugin is None:
-                continue
+        for plugin_name, caller in self.implementations("register_methods", registration_order=True):
             found: list[type] = []
-            try:
-                impl(register=found.append)
-            except Exception as exc:
-                self._fail(plugin_name, f"register_methods raised {type(exc).__name__}: {exc}")
+            ok, _ = self._guarded(plugin_name, "register_methods", lambda: caller(register=found.append),
+                                  fatal=True)
+            if not ok:
                 continue
             for cls in found:
                 if not (isinstance(cls, type) and issubclass(cls, Method)):
@@ -215,15 +221,62 @@ class PluginHost:
                 if not getattr(cls, "name", None):
                     self._fail(plugin_name, f"method class {cls.__name__} has no 'name'")
                     continue
-                if cls.name in self.methods and self._method_plugin[cls.name] != plugin_name:
+                if cls.name in methods and self._method_plugin[cls.name] != plugin_name:
                     self._fail(plugin_name, f"method name '{cls.name}' is already registered by plugin "
                                             f"'{self._method_plugin[cls.name]}'")
                     continue
-                self.methods[cls.name] = cls
+                methods[cls.name] = cls
                 self._method_plugin[cls.name] = plugin_name
                 rec = self.record(plugin_name)
                 if rec and cls.name not in rec.methods:
                     rec.methods.append(cls.name)
+
+    # ------------------------------------------------------------------------------------------- calling hooks
+    def implementations(self, hook_name: str, *, registration_order: bool = False) -> list[tuple[str, Any]]:
+        """``(plugin name, caller)`` per plugin implementing ``hook_name``: each caller is a pluggy subset caller
+        that runs only that plugin's implementation (plus any hook wrappers), so tracing and wrappers see every
+        call. In pluggy's calling order (last registered first) unless ``registration_order``."""
+        hook = getattr(self.pm.hook, hook_name)
+        impls = [i for i in hook.get_hookimpls() if not (i.hookwrapper or getattr(i, "wrapper", False))]
+        order = impls if registration_order else list(reversed(impls))
+        plugins = {id(i.plugin): i.plugin for i in impls}
+        out = []
+        for impl in order:
+            others = [p for key, p in plugins.items() if key != id(impl.plugin)]
+            out.append((impl.plugin_name, self.pm.subset_hook_caller(hook_name, remove_plugins=others)))
+        return out
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of ``hook_name`` with ``kwargs``, one plugin at a time. An implementation
+        that raises is recorded as that plugin's error (``governance plugins``, the run's plugin list) and the
+        others still run; strict mode makes it a PluginError. Returns ``(plugin, result)`` for non-None results."""
+        results: list[tuple[str, Any]] = []
+        for plugin_name, caller in self.implementations(hook_name):
+            ok, value = self._guarded(plugin_name, hook_name, lambda caller=caller: caller(**kwargs))
+            if ok:
+                results.extend((plugin_name, v) for v in value or [] if v is not None)
+        return results
+
+    def _guarded(self, plugin_name: str, hook_name: str, call: Any, *, fatal: bool = False) -> tuple[bool, Any]:
+        try:
+            return True, call()
+        except Exception as exc:  # a plugin's hook must never break the run or the report
+            message = f"{hook_name} raised {type(exc).__name__}: {exc}"
+            if fatal:
+                self._fail(plugin_name, message)
+                return False, None
+            if self.strict:
+                raise PluginError(f"plugin '{plugin_name}': {message}",
+                                  hint="fix the plugin, or unset GOVERNANCE_STRICT_PLUGINS to record it and go on") from exc
+            log.warning("plugin %r: %s", plugin_name, message)
+            rec = self.record(plugin_name)
+            if rec is not None:
+                rec.hook_errors.append(message)
+            return False, None
+
+    def hook_errors(self) -> list[str]:
+        """Every isolated hook failure so far, as ``"<plugin>: <hook> raised ..."``."""
+        return [f"{r.name}: {e}" for r in self.records for e in r.hook_errors]
 
     def _fail(self, plugin_name: str, message: str) -> None:
         if self.strict:
@@ -234,9 +287,12 @@ class PluginHost:
             rec.status, rec.error = "failed", message
 
     def record(self, name: str) -> PluginRecord | None:
+        if self._methods is None:
+            self.methods  # noqa: B018 - a record's status includes register_methods failures
         return next((r for r in self.records if r.name == name), None)
 
     def plugin_of(self, method_name: str) -> str | None:
+        self.methods  # noqa: B018 - make sure the registry is collected
         return self._method_plugin.get(method_name)
 
     def get_method(self, name: str) -> type:
@@ -254,6 +310,7 @@ class PluginHost:
         return self.pm.hook
 
     def summary(self) -> list[dict[str, Any]]:
+        self.methods  # noqa: B018 - records list their methods once collected
         return [r.to_dict() for r in self.records]
 
 

@@ -24,39 +24,34 @@ from typing import Any
 
 import numpy as np
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from governance.contract.dataset import Dataset
 from governance.contract.errors import ConfigError, DataError
 from governance.contract.model import LoadedModel, ModelVersionInfo, TensorSpec
+from governance.run.spec import RunSpec
 
 log = logging.getLogger("governance.integrations.mlflow_evaluator")
 
 MODEL_TYPES = ("classifier", "regressor")
 
 
-class EvaluatorConfig(BaseModel):
-    """``evaluator_config`` of the ``governance`` evaluator (unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    methods: list[str] | None = Field(None, description="methods to run (default: every installed method)")
-    config: dict[str, dict[str, Any]] = Field(default_factory=dict, description="method name -> settings")
-    seed: int = 0
-    max_samples: int = Field(512, ge=1)
-    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
-    batch_size: int | None = Field(None, ge=1)
-    plugins: list[str] | None = Field(None, description="load only these plugins")
-    col_mapping: dict[str, str] = Field(default_factory=dict, description="MLflow's own option (used by mlflow)")
+#: ``evaluator_config`` keys: RunSpec fields (``config`` is the per-method settings) plus MLflow's own col_mapping
+EVALUATOR_KEYS = ("methods", "config", "seed", "max_samples", "device", "batch_size", "plugins", "col_mapping")
 
 
-def parse_evaluator_config(raw: dict[str, Any] | None) -> EvaluatorConfig:
+def parse_evaluator_config(raw: dict[str, Any] | None) -> RunSpec:
+    """``evaluator_config`` of the ``governance`` evaluator as a RunSpec (unknown keys are errors)."""
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(EVALUATOR_KEYS))
+    if unknown:
+        raise ConfigError(f"invalid evaluator_config for the governance evaluator: unknown key(s) {', '.join(unknown)}",
+                          hint=f"valid keys: {', '.join(EVALUATOR_KEYS)}")
+    raw.pop("col_mapping", None)
     try:
-        return EvaluatorConfig(**(raw or {}))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid evaluator_config for the governance evaluator: {problems}",
-                          hint=f"valid keys: {', '.join(EvaluatorConfig.model_fields)}") from None
+        return RunSpec.build(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid evaluator_config for the governance evaluator: {exc}",
+                          hint=f"valid keys: {', '.join(EVALUATOR_KEYS)}") from None
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -193,72 +188,65 @@ class GovernanceEvaluator(ModelEvaluator):
         import mlflow
 
         from governance.host.plugins import get_plugin_host
+        from governance.run.execute import MethodInputs, plan_methods, run_methods
         from governance.run.sink import MlflowSink
 
-        cfg = parse_evaluator_config(evaluator_config)
+        spec = parse_evaluator_config(evaluator_config)
         if model is None:
             raise ConfigError("the governance evaluator explains a model; mlflow.models.evaluate got only "
                               "predictions", hint="pass model=<model URI or pyfunc model>")
-        host = get_plugin_host(allow=cfg.plugins) if cfg.plugins is not None else get_plugin_host()
+        host = get_plugin_host(allow=list(spec.plugins)) if spec.plugins is not None else get_plugin_host()
+        planned = plan_methods(host, spec.methods, spec.method_settings(), where="evaluator_config['config']")
         tracking_uri = mlflow.get_tracking_uri()
+        sink = MlflowSink(tracking_uri)
         with tempfile.TemporaryDirectory(prefix="governance-eval-") as tmp:
             root = Path(tmp)
-            shape = _input_shape(model)
-            data = evaluation_dataset(dataset, shape, model_type)
-            loaded, notes = resolve_loaded_model(
-                model, kwargs.get("model_id"), sample_shape=data.sample_shape, feature_names=data.feature_names,
-                tracking_uri=tracking_uri, download_dir=root / "_model", device=cfg.device,
-                batch_size=cfg.batch_size, host=host)
-            if loaded.input_spec.sample_shape and data.sample_shape != tuple(loaded.input_spec.sample_shape):
-                data = evaluation_dataset(dataset, tuple(loaded.input_spec.sample_shape), model_type)
-            pipe = self._pipeline(cfg, host, loaded, data, tracking_uri, root)
-            sink = MlflowSink(tracking_uri)
+            loaded, data, notes = self._model_and_data(model, dataset, model_type, spec, kwargs, host,
+                                                       tracking_uri, root)
             model_id = kwargs.get("model_id") or loaded.info.model_id
-            explanations, metrics, artifacts = [], {}, {}
-            artifact_root = sink.client.get_run(run_id).info.artifact_uri.rstrip("/")
-            for k, cls in enumerate(pipe.methods):
-                expl = pipe._run_method(cls, k)
-                folder = pipe._write_method_folder(expl)
-                sink.log_explanation(run_id, expl, folder, model_id)
-                explanations.append(expl)
-                metrics.update({f"{expl.method}.{m}": float(v) for m, v in expl.metrics.items()
-                                if isinstance(v, (int, float)) and np.isfinite(v)})
-                artifacts.update(self._artifacts(expl, f"{artifact_root}/explanations/{expl.method}"))
-            summary = {
-                "schema": "governance.evaluation/1",
-                "model": {**loaded.info.to_dict(), "runtime": loaded.describe(), "resolution_notes": notes},
-                "data": data.describe(), "config": cfg.model_dump(), "model_type": model_type,
-                "explanations": [e.to_dict() for e in explanations],
-            }
-            (root / "evaluation.json").write_text(json.dumps(summary, indent=2, default=str))
-            sink.log_file(run_id, root / "evaluation.json", "governance")
-            statuses = {e.status for e in explanations}
-            status = "ok" if "failed" not in statuses else ("partial" if "ok" in statuses else "failed")
-            sink.client.set_tag(run_id, "governance.evaluator.status", status)
-            sink.client.set_tag(run_id, "governance.evaluator.methods", ",".join(e.method for e in explanations))
-            if status != "ok":
-                log.warning("governance evaluator: %s", "; ".join(f"{e.method}: {e.reason}" for e in explanations
-                                                                  if e.status == "failed"))
+            outcome = run_methods(planned, MethodInputs(model=loaded, data=data, seed=spec.seed, workdir=root,
+                                                        options={"tracking_uri": tracking_uri, "run_id": run_id}),
+                                  upload=lambda expl, folder: sink.log_explanation(run_id, expl, folder, model_id))
+            self._log_summary(sink, run_id, root, loaded, data, spec, model_type, notes, outcome)
+        artifact_root = sink.client.get_run(run_id).info.artifact_uri.rstrip("/")
+        metrics, artifacts = {}, {}
+        for expl in outcome.explanations:
+            metrics.update({f"{expl.method}.{m}": float(v) for m, v in expl.metrics.items()
+                            if isinstance(v, (int, float)) and np.isfinite(v)})
+            artifacts.update(self._artifacts(expl, f"{artifact_root}/explanations/{expl.method}"))
         return EvaluationResult(metrics=metrics, artifacts=artifacts, run_id=run_id)
 
     @staticmethod
-    def _pipeline(cfg: EvaluatorConfig, host: Any, model: LoadedModel, data: Dataset, tracking_uri: str,
-                  workdir: Path) -> Any:
-        """A Pipeline primed with the model and data, so that methods run exactly as in ``governance run``."""
-        from governance.run.pipeline import Pipeline, RunOptions, select_methods
+    def _model_and_data(model: Any, dataset: Any, model_type: str, spec: RunSpec, kwargs: dict[str, Any],
+                        host: Any, tracking_uri: str, root: Path) -> tuple[LoadedModel, Dataset, list[str]]:
+        """The richest loaded model and the evaluation data in its input shape, capped at max_samples."""
+        data = evaluation_dataset(dataset, _input_shape(model), model_type)
+        loaded, notes = resolve_loaded_model(
+            model, kwargs.get("model_id"), sample_shape=data.sample_shape, feature_names=data.feature_names,
+            tracking_uri=tracking_uri, download_dir=root / "_model", device=spec.device,
+            batch_size=spec.batch_size, host=host)
+        if loaded.input_spec.sample_shape and data.sample_shape != tuple(loaded.input_spec.sample_shape):
+            data = evaluation_dataset(dataset, tuple(loaded.input_spec.sample_shape), model_type)
+        if len(data) > spec.max_samples:
+            data = data.subset(spec.max_samples, np.random.default_rng(spec.seed))
+        return loaded, data, notes
 
-        opts = RunOptions(methods=cfg.methods, method_config=cfg.config, seed=cfg.seed, max_samples=cfg.max_samples,
-                          device=cfg.device, batch_size=cfg.batch_size)
-        pipe = Pipeline(model.info.uri, opts, tracking_uri=tracking_uri, host=host, workdir=workdir)
-        pipe.methods = select_methods(host, cfg.methods)
-        if unknown := sorted(set(cfg.config) - set(host.methods)):
-            raise ConfigError(f"evaluator_config['config'] names unknown method(s): {', '.join(unknown)}",
-                              hint=f"available methods: {', '.join(sorted(host.methods))}")
-        pipe.configs = {m.name: m.parse_config(cfg.config.get(m.name)) for m in pipe.methods}
-        pipe.model, pipe.peers, pipe.peer_infos = model, [], []
-        rng = np.random.default_rng(cfg.seed)
-        pipe.data = data.subset(cfg.max_samples, rng) if len(data) > cfg.max_samples else data
-        return pipe
+    @staticmethod
+    def _log_summary(sink: Any, run_id: str, root: Path, loaded: LoadedModel, data: Dataset, spec: RunSpec,
+                     model_type: str, notes: list[str], outcome: Any) -> None:
+        summary = {
+            "schema": "governance.evaluation/1",
+            "model": {**loaded.info.to_dict(), "runtime": loaded.describe(), "resolution_notes": notes},
+            "data": data.describe(), "config": spec.to_dict(), "model_type": model_type,
+            "explanations": [e.to_dict() for e in outcome.explanations],
+        }
+        (root / "evaluation.json").write_text(json.dumps(summary, indent=2, default=str))
+        sink.log_file(run_id, root / "evaluation.json", "governance")
+        sink.client.set_tag(run_id, "governance.evaluator.status", outcome.status)
+        sink.client.set_tag(run_id, "governance.evaluator.methods", ",".join(e.method for e in outcome.explanations))
+        if outcome.status != "ok":
+            log.warning("governance evaluator: %s", "; ".join(f"{e.method}: {e.reason}" for e in outcome.explanations
+                                                              if e.status == "failed"))
 
     @staticmethod
     def _artifacts(expl: Any, base_uri: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from governance.report.build import ReportResult, build_report
-    from governance.report.publish import publish_report, report_for_model
+    from governance.report.publish import publish_report
     from governance.report.verify import VerifyResult, verify_report
 
 _LAZY = {
@@ -26,7 +26,6 @@ _LAZY = {
     "verify_report": "governance.report.verify",
     "VerifyResult": "governance.report.verify",
     "publish_report": "governance.report.publish",
-    "report_for_model": "governance.report.publish",
 }
 
 __all__ = list(_LAZY)

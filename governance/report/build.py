@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from governance.contract.errors import ReportError
+from governance.contract.method import Requirement
 from governance.report import manifest as mf
 
 log = logging.getLogger("governance.report")
@@ -120,7 +121,7 @@ def _method_meta(host: Any, run_doc: Mapping[str, Any]) -> tuple[dict[str, dict[
             "installed": cls is not None,
             "title": getattr(cls, "title", None), "description": getattr(cls, "description", ""),
             "reference": getattr(cls, "reference", ""), "report_template": getattr(cls, "report_template", None),
-            "uses_peers": getattr(cls, "uses_peers", False), "plugin": plugin,
+            "uses_peers": Requirement.PEERS in getattr(cls, "requires", ()), "plugin": plugin,
             "plugin_version": versions.get(plugin),
         }
     return meta, methods
@@ -135,6 +136,22 @@ def _copy_evidence(src: Path, dst: Path, rels: list[str]) -> None:
 
 def _dump(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def check_report_inputs(policy: Any, model_card: Any, template_dirs: Iterable[Path | str]) -> Any:
+    """Read the user's report inputs before anything runs (a typo in the policy must not cost a whole run):
+    returns the loaded policy (or None); raises ConfigError/ReportError naming the bad file."""
+    from governance.report.card import load_model_card
+    from governance.report.policy import load_policy
+
+    loaded = load_policy(policy) if policy is not None else None
+    if model_card is not None:
+        load_model_card(model_card)
+    for d in template_dirs:
+        if not Path(d).is_dir():
+            raise ReportError(f"template folder {d} does not exist",
+                              hint="pass --template-dir with a folder holding your overriding templates")
+    return loaded
 
 
 def _ours(folder: Path) -> bool:
@@ -188,10 +205,7 @@ def _inputs(run: Any, workdir: Path | str | None, template_dirs: Iterable[Path |
     if not run_doc.get("model"):
         raise ReportError("the run document has no 'model' block", hint="pass RunResult.to_dict() or run.json")
     dirs = [Path(d) for d in template_dirs]
-    for d in dirs:
-        if not d.is_dir():
-            raise ReportError(f"template folder {d} does not exist",
-                              hint="pass --template-dir with a folder holding your overriding templates")
+    check_report_inputs(None, None, dirs)
     wd = Path(workdir) if workdir is not None else None
     notes: list[str] = []
     if wd is None or not wd.is_dir():

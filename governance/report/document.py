@@ -104,6 +104,8 @@ def _explanations(run: Mapping[str, Any], method_meta: Mapping[str, Mapping[str,
 
 
 def _quality(run: Mapping[str, Any], explanations: list[dict[str, Any]]) -> dict[str, Any]:
+    """Quality metrics by kind, and every headline figure beside its control with the verdict (the evidence
+    block the first page summarises: a figure that does not beat its control is printed "not informative")."""
     rows = []
     for e in explanations:
         if e.get("status") != "ok":
@@ -113,15 +115,20 @@ def _quality(run: Mapping[str, Any], explanations: list[dict[str, Any]]) -> dict
             if kind:
                 rows.append({"method": e["method"], "metric": metric, "name": f"{e['method']}.{metric}",
                              "value": value, "kind": kind, "section": e["number"]})
-    core = run.get("quality")  # core explanation-quality metrics, when the pipeline computes them
-    if isinstance(core, Mapping):
-        for method, metrics in core.items():
-            for metric, value in sorted((metrics or {}).items() if isinstance(metrics, Mapping) else []):
-                rows.append({"method": method, "metric": metric, "name": f"{method}.{metric}", "value": value,
-                             "kind": quality_kind(metric) or "other", "section": None})
-    elif isinstance(core, list):
-        rows.extend(dict(r) for r in core if isinstance(r, Mapping))
-    return {"rows": rows}
+    controls = [{**c, "method": e["method"], "name": f"{e['method']}.{c.get('metric')}", "section": e["number"]}
+                for e in explanations if e.get("status") == "ok" for c in (e.get("controls") or [])]
+    figures: dict[str, dict[str, Any]] = {}
+    for c in controls:
+        fig = figures.setdefault(c["name"], {"name": c["name"], "method": c["method"], "metric": c.get("metric"),
+                                             "label": c.get("label") or c.get("metric"), "value": c.get("value"),
+                                             "section": c["section"], "verdict": "informative", "controls": []})
+        fig["controls"].append(c.get("control"))
+        if c.get("verdict") != "informative":
+            fig["verdict"] = "not informative"
+    listed = list(figures.values())
+    return {"rows": rows, "controls": controls, "figures": listed,
+            "not_informative": [f for f in listed if f["verdict"] != "informative"],
+            "without_control": sorted({r["name"] for r in rows} - set(figures))}
 
 
 def _comparison(run: Mapping[str, Any], explanations: list[dict[str, Any]], identity: Mapping[str, Any]

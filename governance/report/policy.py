@@ -18,6 +18,8 @@ run) and ``runtime.<key>`` (numeric runtime facts such as ``runtime.parity_max_a
         op: "<="
         value: 0.05
         severity: advisory             # a failed advisory check warns, it does not fail the verdict
+      - metric: neflag.deletion_auc    # the figure must beat every control it was compared with
+        informative: true              # (see governance.contract.evidence); no control: not evaluated
 
 Verdict: ``fail`` when any required check fails; otherwise ``pass`` when at least one check passed;
 ``not_evaluated`` when nothing could be evaluated.
@@ -49,12 +51,14 @@ _OPS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
 
 
 class PolicyCheck(BaseModel):
-    """One threshold. Exactly one of ``value`` (absolute) or ``ref`` (another metric, times ``factor``)."""
+    """One check. Exactly one of ``value`` (absolute threshold, with ``op``), ``ref`` (another metric times
+    ``factor``, with ``op``) or ``informative: true`` (the figure beat every control it was compared with)."""
 
     model_config = ConfigDict(extra="forbid")
 
     metric: str
-    op: str
+    op: str | None = None
+    informative: bool | None = None
     value: float | None = None
     ref: str | None = None
     factor: float = 1.0
@@ -66,7 +70,9 @@ class PolicyCheck(BaseModel):
 
     @field_validator("op")
     @classmethod
-    def _known_op(cls, v: str) -> str:
+    def _known_op(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
         key = v.strip().lower()
         if key not in _OPS:
             raise ValueError(f"unknown operator {v!r}; use one of >=, >, <=, <, ==, !=")
@@ -74,8 +80,16 @@ class PolicyCheck(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> "PolicyCheck":
-        if (self.value is None) == (self.ref is None):
-            raise ValueError("give exactly one of 'value' (a number) or 'ref' (another metric's name)")
+        if self.informative is not None:
+            if self.value is not None or self.ref is not None or self.op is not None:
+                raise ValueError("an 'informative' check takes no op, value or ref")
+            if self.informative is not True:
+                raise ValueError("'informative' can only be true (drop the check to not require it)")
+        elif (self.value is None) == (self.ref is None):
+            raise ValueError("give exactly one of 'value' (a number), 'ref' (another metric's name) or "
+                             "'informative: true'")
+        elif self.op is None:
+            raise ValueError("a threshold check needs 'op' (>=, >, <=, <, ==, !=)")
         if "." not in self.metric or (self.ref is not None and "." not in self.ref):
             raise ValueError("metric names look like '<method>.<metric>' (or performance./training./runtime.)")
         return self
@@ -84,6 +98,8 @@ class PolicyCheck(BaseModel):
     def check_id(self) -> str:
         if self.id:
             return self.id
+        if self.informative:
+            return f"{self.metric} informative"
         target = f"{self.value:g}" if self.value is not None else (
             self.ref if self.factor == 1 else f"{self.factor:g} × {self.ref}")
         return f"{self.metric} {self.op} {target}"
@@ -224,37 +240,9 @@ def evaluate_policy(policy: Policy | Path | str | Mapping[str, Any], doc: Mappin
             "description": "required method", "value": None, "ref": None, "factor": 1.0,
         })
 
+    verdicts = figure_verdicts(run)
     for check in policy.checks:
-        on_missing = check.on_missing or policy.on_missing
-        actual = metrics.get(check.metric)
-        expected: float | None = check.value
-        reason = None
-        if check.ref is not None:
-            ref = metrics.get(check.ref)
-            expected = None if ref is None else ref * check.factor
-            if ref is None:
-                reason = f"reference {_missing_reason(check.ref, why)}"
-        if actual is None:
-            reason = _missing_reason(check.metric, why)
-        if actual is None or expected is None:
-            status = FAIL if on_missing == "fail" else NOT_EVALUATED
-        else:
-            fn = _OPS[check.op][1]
-            if check.op in ("==", "!="):
-                equal = abs(actual - expected) <= check.tolerance
-                ok = equal if check.op == "==" else not equal
-            else:
-                ok = bool(fn(actual, expected))
-            status = PASS if ok else FAIL
-            if not ok:
-                reason = f"{actual:.6g} {check.op} {expected:.6g} does not hold"
-        if status == FAIL and check.severity == "advisory":
-            status = WARN
-        results.append({
-            "id": check.check_id, "metric": check.metric, "op": check.op, "expected": expected,
-            "value": check.value, "ref": check.ref, "factor": check.factor, "actual": actual,
-            "severity": check.severity, "status": status, "reason": reason, "description": check.description,
-        })
+        results.append(_evaluate_check(check, metrics, verdicts, why, check.on_missing or policy.on_missing))
 
     counts = {s: sum(r["status"] == s for r in results) for s in (PASS, FAIL, WARN, NOT_EVALUATED)}
     if counts[FAIL]:
@@ -270,8 +258,58 @@ def evaluate_policy(policy: Policy | Path | str | Mapping[str, Any], doc: Mappin
     }
 
 
+def figure_verdicts(run: Mapping[str, Any]) -> dict[str, str]:
+    """``{"<method>.<metric>": "informative" | "not informative"}`` for every figure that has a control."""
+    return {f"{e.get('method')}.{metric}": verdict for e in run.get("explanations") or []
+            if e.get("status") == "ok" for metric, verdict in (e.get("verdicts") or {}).items()}
+
+
+def _evaluate_check(check: PolicyCheck, metrics: Mapping[str, float], verdicts: Mapping[str, str],
+                    why: dict[str, str], on_missing: str) -> dict[str, Any]:
+    actual: Any = metrics.get(check.metric)
+    expected: Any = check.value
+    reason = None
+    if check.informative:
+        expected, actual = "informative", verdicts.get(check.metric)
+        if actual is None:
+            reason = (f"no control was computed for {check.metric}" if check.metric in metrics
+                      else _missing_reason(check.metric, why))
+    else:
+        if check.ref is not None:
+            ref = metrics.get(check.ref)
+            expected = None if ref is None else ref * check.factor
+            if ref is None:
+                reason = f"reference {_missing_reason(check.ref, why)}"
+        if actual is None:
+            reason = _missing_reason(check.metric, why)
+    if actual is None or expected is None:
+        status = FAIL if on_missing == "fail" else NOT_EVALUATED
+    else:
+        ok = _holds(check, actual, expected)
+        status = PASS if ok else FAIL
+        if not ok:
+            reason = (f"{check.metric} did not beat its control(s) (section 7)" if check.informative
+                      else f"{actual:.6g} {check.op} {expected:.6g} does not hold")
+    if status == FAIL and check.severity == "advisory":
+        status = WARN
+    return {
+        "id": check.check_id, "metric": check.metric, "op": check.op or "is", "expected": expected,
+        "value": check.value, "ref": check.ref, "factor": check.factor, "actual": actual,
+        "severity": check.severity, "status": status, "reason": reason, "description": check.description,
+    }
+
+
+def _holds(check: PolicyCheck, actual: Any, expected: Any) -> bool:
+    if check.informative:
+        return actual == "informative"
+    if check.op in ("==", "!="):
+        equal = abs(actual - expected) <= check.tolerance
+        return equal if check.op == "==" else not equal
+    return bool(_OPS[check.op][1](actual, expected))
+
+
 def exit_code(verdict: str | None) -> int:
     """The CLI exit code for a verdict: EXIT_POLICY_FAILED (11) on fail, else 0."""
-    from governance.cli import EXIT_POLICY_FAILED
+    from governance.contract.errors import EXIT_POLICY_FAILED
 
     return EXIT_POLICY_FAILED if verdict == VERDICT_FAIL else 0

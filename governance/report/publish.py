@@ -1,11 +1,12 @@
-"""Report on a registered model end to end: explain (or reuse), build, log to MLflow, tag the version.
+"""Publishing a built report: log its files to the governance run in MLflow and tag the model version.
 
 MLflow layout: the report files go under ``report/`` in the same run as the explanations, so the run's
 artifact root is the evidence root the manifest refers to (``report/`` sits beside ``explanations/``).
 Model-version tags: ``governance.report_run_id``, ``governance.report_sha256`` (the PDF's sha256),
-``governance.report_id`` and ``governance.status`` (the policy verdict, else the run's status); a signed
-report adds ``governance.report_signer`` and ``governance.report_signer_sha256`` (the certificate's sha256)
-on the run and the version.
+``governance.report_id``, ``governance.run_status`` (ok | partial | failed), ``governance.verdict`` (the policy
+verdict, ``none`` without a policy) and ``governance.status``, the one-word summary: the verdict when a policy
+was applied, else the run's status. A signed report adds ``governance.report_signer`` and
+``governance.report_signer_sha256`` (the signing certificate's sha256) on the run and the version.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 from governance.contract.errors import TrackingError
-from governance.report.build import ReportResult, build_report
+from governance.report.build import ReportResult
 
 log = logging.getLogger("governance.report")
 
@@ -30,14 +31,18 @@ def report_folder_name(model: Mapping[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "model"
 
 
-def previous_version_record(client: Any, model: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The previous version as the registry and its governance run know it: status, governance tags,
-    content hash and the explanation metrics its governance run logged (for section 8). Best effort."""
+def previous_version_record(tracking_uri: str | None, model: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The previous version (found by the run, ``model["previous_version"]``) as the registry and its governance
+    run know it: status, governance tags, content hash and the explanation metrics its governance run logged (for
+    the cross-version comparison section). Best effort: a registry hiccup must not lose the report."""
     prev = model.get("previous_version")
     if not isinstance(prev, Mapping) or not model.get("name") or not prev.get("version"):
         return prev
     out = dict(prev)
     try:
+        from governance.host.tracking import client as make_client, resolve_tracking_uri
+
+        client = make_client(resolve_tracking_uri(tracking_uri))
         mv = client.get_model_version(model["name"], str(prev["version"]))
     except Exception as exc:  # the record is a courtesy: a registry hiccup must not lose the report
         log.warning("report: cannot read %s version %s: %s", model["name"], prev["version"], exc)
@@ -100,7 +105,9 @@ def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None =
         if model.get("kind", "registry") == "registry" and model.get("name") and model.get("version"):
             version_tags = {"governance.report_run_id": run_id, "governance.report_id": result.report_id,
                             "governance.report_sha256": result.pdf_sha256 or result.json_sha256,
-                            "governance.status": result.status, **signer_tags(result)}
+                            "governance.run_status": result.run_status or "unknown",
+                            "governance.verdict": result.verdict or "none", "governance.status": result.status,
+                            **signer_tags(result)}
             for k, v in version_tags.items():
                 client.set_model_version_tag(model["name"], str(model["version"]), k, v)
     except TrackingError:
@@ -110,78 +117,3 @@ def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None =
                             hint=f"the report files are kept in {result.out_dir}; check the tracking store") from exc
     result.run_id, result.logged, result.version_tags = run_id, True, version_tags
     return version_tags
-
-
-def report_for_model(
-    model_uri: str,
-    *,
-    out_dir: Path | str = "governance-reports",
-    subfolder: bool = True,
-    methods: Sequence[str] | None = None,
-    data: str | Path | None = None,
-    target: str | None = None,
-    peers: Sequence[str] | None = None,
-    config: dict[str, dict[str, Any]] | None = None,
-    device: str = "auto",
-    tracking_uri: str | None = None,
-    experiment: str = "governance",
-    seed: int = 0,
-    max_samples: int = 512,
-    force: bool = False,
-    reuse: bool = True,
-    plugins: Sequence[str] | None = None,
-    policy: Any = None,
-    model_card: Path | str | Mapping[str, Any] | None = None,
-    template_dirs: Iterable[Path | str] = (),
-    signer: Mapping[str, Any] | None = None,
-    signing: Any = None,
-    log_to_mlflow: bool = True,
-    pdf: bool = True,
-    progress: Callable[[str, float, str], None] | None = None,
-    invocation: str | None = None,
-) -> ReportResult:
-    """Explain ``model_uri`` (reusing an identical finished run unless ``force``), build the report in
-    ``out_dir/<name>-v<version>/`` (or ``out_dir`` itself when ``subfolder`` is false), log it to the run
-    and tag the model version. The result's ``status`` is what ``governance.status`` was set to.
-    ``signing`` (a :class:`~governance.report.signing.SigningIdentity`) signs the PDF and the manifest."""
-    from governance.api import explain
-    from governance.report.policy import load_policy
-    from governance.report.card import load_model_card
-    from governance.host.tracking import resolve_tracking_uri
-
-    # read the user's files first: a typo in the policy must not cost a whole run
-    policy_obj = load_policy(policy) if policy is not None else None
-    if model_card is not None:
-        load_model_card(model_card)
-    template_dirs = [Path(d) for d in template_dirs]
-    for d in template_dirs:
-        if not d.is_dir():
-            from governance.contract.errors import ReportError
-
-            raise ReportError(f"template folder {d} does not exist",
-                              hint="pass --template-dir with a folder holding your overriding templates")
-    from governance.report.build import check_output_dir
-
-    if signing is not None and not pdf:
-        from governance.contract.errors import ReportError
-
-        raise ReportError("a signed report needs its PDF", hint="drop --no-pdf, or do not pass a signing key")
-    check_output_dir(Path(out_dir))  # a read-only or full output folder must fail before any MLflow write
-    uri = resolve_tracking_uri(tracking_uri)
-    run = explain(model_uri, methods=methods, data=data, target=target, peers=peers, config=config, device=device,
-                  tracking_uri=uri, experiment=experiment, seed=seed, max_samples=max_samples, force=force,
-                  reuse=reuse, plugins=plugins, progress=progress,
-                  invocation=invocation or f"governance.report({model_uri!r})")
-    try:
-        from governance.host.tracking import client as make_client
-
-        run.model["previous_version"] = previous_version_record(make_client(uri), run.model)
-    except Exception as exc:  # pragma: no cover - best effort, see previous_version_record
-        log.warning("report: previous version not read: %s", exc)
-    out = Path(out_dir) / report_folder_name(run.model) if subfolder else Path(out_dir)
-    result = build_report(run, out_dir=out, model_card=model_card, policy=policy_obj,
-                          template_dirs=template_dirs, signer=signer, signing=signing, pdf=pdf)
-    result.run_id = run.mlflow_run_id
-    if log_to_mlflow:
-        publish_report(result, run, tracking_uri=uri)
-    return result

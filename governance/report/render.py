@@ -17,6 +17,7 @@ import traceback
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 import jinja2
@@ -159,46 +160,57 @@ def render_method_sections(doc: dict[str, Any], env: jinja2.Environment, methods
     return out
 
 
+def read_only(value: Any) -> Any:
+    """A deep read-only view of a JSON document (mappings become MappingProxyType, lists tuples), handed to
+    ``report_sections`` so that a plugin cannot change the report it is shown."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: read_only(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(read_only(v) for v in value)
+    return value
+
+
 def plugin_sections(doc: dict[str, Any], env: jinja2.Environment, host: Any) -> list[dict[str, Any]]:
-    """Call every ``report_sections`` implementation (each guarded) and render what they return."""
+    """Call every ``report_sections`` implementation through the host's guarded caller (a raising plugin is
+    recorded, the others still contribute) and render what they return."""
     out: list[dict[str, Any]] = []
     if host is None:
         return out
     notes = doc["limitations"]["rendering"]
-    try:
-        impls = host.hook.report_sections.get_hookimpls()
-    except Exception:  # pragma: no cover - pluggy always has it once hookspecs are added
-        return out
-    for impl in reversed(impls):  # registration order
-        plugin = impl.plugin_name
-        try:
-            returned = impl.function(**({"report": doc} if "report" in impl.argnames else {})) or []
-        except Exception as exc:
-            notes.append(f"plugin {plugin}: report_sections raised {type(exc).__name__}: {exc}")
-            continue
+    before = len(host.hook_errors())
+    results = host.call_each("report_sections", report=read_only(doc))
+    notes.extend(f"plugin {e}" for e in host.hook_errors()[before:])
+    for plugin, returned in results:
         for i, sec in enumerate(returned if isinstance(returned, list) else [returned]):
-            if not isinstance(sec, Mapping):
-                notes.append(f"plugin {plugin}: report_sections returned {type(sec).__name__}, not a dict")
-                continue
-            title = str(sec.get("title") or f"Section from {plugin}")
-            try:
-                if sec.get("template"):
-                    ctx = {"report": doc, "model": doc["model"], **dict(sec.get("context") or {})}
-                    html = env.get_template(str(sec["template"])).render(**ctx)
-                elif sec.get("html") is not None:
-                    html = str(sec["html"])  # trusted markup the plugin produced (hook contract)
-                else:
-                    raise ValueError("the section has neither 'template' nor 'html'")
-            except Exception as exc:
-                notes.append(f"plugin {plugin}: section '{title}' could not be rendered ({type(exc).__name__}: {exc})")
-                continue
-            sid = re.sub(r"[^a-z0-9_-]+", "-", str(sec.get("id") or f"{plugin}-{i}").lower())
-            number = f"S{len(out) + 1}"
-            meta = {"number": number, "id": f"supp-{sid}", "title": title, "plugin": plugin,
-                    "crosswalk": dict(sec.get("crosswalk") or {})}
-            doc["supplementary"].append(meta)
-            out.append({**meta, "html": Markup(html)})
+            rendered = _render_section(doc, env, plugin, i, sec, notes)
+            if rendered is not None:
+                number = f"S{len(out) + 1}"
+                meta = {"number": number, **rendered["meta"]}
+                doc["supplementary"].append(meta)
+                out.append({**meta, "html": rendered["html"]})
     return out
+
+
+def _render_section(doc: dict[str, Any], env: jinja2.Environment, plugin: str, index: int, sec: Any,
+                    notes: list[str]) -> dict[str, Any] | None:
+    if not isinstance(sec, Mapping):
+        notes.append(f"plugin {plugin}: report_sections returned {type(sec).__name__}, not a dict")
+        return None
+    title = str(sec.get("title") or f"Section from {plugin}")
+    try:
+        if sec.get("template"):
+            ctx = {"report": doc, "model": doc["model"], **dict(sec.get("context") or {})}
+            html = env.get_template(str(sec["template"])).render(**ctx)
+        elif sec.get("html") is not None:
+            html = str(sec["html"])  # trusted markup the plugin produced (hook contract)
+        else:
+            raise ValueError("the section has neither 'template' nor 'html'")
+    except Exception as exc:
+        notes.append(f"plugin {plugin}: section '{title}' could not be rendered ({type(exc).__name__}: {exc})")
+        return None
+    sid = re.sub(r"[^a-z0-9_-]+", "-", str(sec.get("id") or f"{plugin}-{index}").lower())
+    meta = {"id": f"supp-{sid}", "title": title, "plugin": plugin, "crosswalk": dict(sec.get("crosswalk") or {})}
+    return {"meta": meta, "html": Markup(html)}
 
 
 def render_html(doc: dict[str, Any], env: jinja2.Environment, *, method_html: Mapping[str, Markup],

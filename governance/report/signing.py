@@ -161,6 +161,17 @@ def load_identity(key: str | Path, cert: str | Path | None = None) -> SigningIde
     return ident
 
 
+def identity_for(key: str | Path | None, cert: str | Path | None) -> SigningIdentity | None:
+    """The identity ``--sign-key``/``--sign-cert`` (RunSpec ``sign_key``/``sign_cert``) name, or None when no
+    key is given (the report is then unsigned). A certificate without a key is an error, not a silent no."""
+    if not key:
+        if cert:
+            raise ConfigError("--sign-cert was given without --sign-key",
+                              hint="pass the private key too (or one PKCS#12 file as --sign-key)")
+        return None
+    return load_identity(key, cert)
+
+
 def _check_usable(cert: Any, where: str) -> None:
     from cryptography import x509
 

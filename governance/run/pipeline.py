@@ -1,8 +1,10 @@
 """The run pipeline: resolve → load → data → plan → run each method (isolated) → log → tag.
 
-Everything that can be checked is checked before anything is written to MLflow, so bad input never
-leaves a half-written run. Once the run exists, each method's results are uploaded as soon as the method
-finishes: a later crash or a failed upload marks the run failed and keeps what succeeded.
+Everything that can be checked is checked in :meth:`Pipeline.prepare`, before anything is written to MLflow, so
+bad input never leaves a half-written run. Once the run exists, each method's results are uploaded as soon as the
+method finishes (:func:`governance.run.execute.run_methods`): a later crash or a failed upload marks the run failed
+and keeps what succeeded. Plugin hooks are called through the host's guarded caller, so a raising hook is that
+plugin's recorded error and the run still ends FINISHED or FAILED with a true ``governance.status``.
 """
 
 from __future__ import annotations
@@ -10,51 +12,34 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import tempfile
-import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from governance.contract.errors import ConfigError, GovernanceError, MethodError, ModelLoadError, TrackingError
-from governance.contract.results import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, Explanation, RunResult, jsonable
+from governance.contract.errors import ModelLoadError, TrackingError
+from governance.contract.results import Explanation, RunResult, jsonable
+from governance.run.execute import MethodInputs, PlannedMethod, ProgressFn, plan_methods, run_methods
+from governance.run.spec import RunSpec
 
-log = logging.getLogger("governance.run.pipeline")
-
-ProgressFn = Callable[[str, float, str], None]  # (method, fraction, message)
-
-
-@dataclass
-class RunOptions:
-    """Everything that determines a run's outcome (hashed for idempotency) and how it is executed."""
-
-    methods: list[str] | None = None
-    data: str | None = None
-    target: str | None = None
-    peers: list[str] | None = None
-    max_peers: int = 2
-    method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
-    device: str = "auto"
-    seed: int = 0
-    max_samples: int = 512
-    batch_size: int | None = None
-    experiment: str = "governance"
-    force: bool = False
-    reuse: bool = True
+log = logging.getLogger("governance.pipeline")
 
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def load_model(info: Any, *, device: str, batch_size: int | None, host: Any) -> Any:
-    """Ask the ``load_model`` hook for a runtime; a clear error when no plugin can load the flavor."""
-    model = host.hook.load_model(info=info, options={"device": device, "batch_size": batch_size, "prefer": None})
+def load_model(info: Any, *, device: str, batch_size: int | None, host: Any, trust_pickle: bool | None = None) -> Any:
+    """Ask the ``load_model`` hook for a runtime; a clear error when no plugin can load the flavor.
+    ``trust_pickle=True`` is an explicit opt-in to pickle-format models (None: the environment and settings
+    decide, see :mod:`governance.host.runtimes.pickle_policy`)."""
+    options = {"device": device, "batch_size": batch_size}
+    if trust_pickle is not None:
+        options["trust_pickle"] = trust_pickle
+    model = host.hook.load_model(info=info, options=options)
     if model is None:
         raise ModelLoadError(
             f"no installed plugin can load {info.display_name} (flavors: {', '.join(info.flavors) or 'none'})",
@@ -62,19 +47,6 @@ def load_model(info: Any, *, device: str, batch_size: int | None, host: Any) -> 
             "or install a plugin that implements load_model for this flavor",
         )
     return model
-
-
-def select_methods(host: Any, names: Sequence[str] | None) -> list[type]:
-    if names is None:
-        if not host.methods:
-            failed = [r.name for r in host.records if r.status == "failed"]
-            raise ConfigError("no explanation methods are installed"
-                              + (f" (plugins that failed to load: {', '.join(failed)})" if failed else ""),
-                              hint="run `governance plugins --all` to see why; reinstall governance to get the built-in methods")
-        return [host.methods[n] for n in sorted(host.methods)]
-    if not names:
-        raise ConfigError("no methods selected", hint=f"available: {', '.join(sorted(host.methods))}")
-    return [host.get_method(n) for n in names]
 
 
 def config_hash(payload: dict[str, Any]) -> str:
@@ -102,231 +74,207 @@ def evaluate_performance(model: Any, data: Any) -> dict[str, Any]:
     return res
 
 
+@dataclass
+class Prepared:
+    """What :meth:`Pipeline.prepare` resolved and loaded; nothing of it has been written anywhere."""
+
+    info: Any  # ModelVersionInfo
+    model: Any  # LoadedModel
+    data_all: Any  # Dataset: everything loaded (performance is measured on it)
+    data: Any  # Dataset: the sample handed to the methods (at most max_samples rows)
+    planned: list[PlannedMethod]
+    peers: list[Any]
+    peer_infos: list[dict[str, Any]]
+    previous_version: dict[str, Any] | None
+
+    def outcome_config(self, spec: RunSpec) -> dict[str, Any]:
+        """The configuration that determines the outcome: hashed to decide reuse."""
+        return {
+            "methods": {p.name: {"version": p.cls.version, "config": p.config.model_dump()} for p in self.planned},
+            "seed": spec.seed,
+            "max_samples": spec.max_samples,
+            "device": spec.device,
+            "data": {"source": self.data.source, "sha256": self.data.sha256, "n": len(self.data)},
+            "peers": self.peer_infos,
+        }
+
+
 class Pipeline:
     """One explanation job over one model version. Use :func:`governance.api.explain` for the simple path."""
 
-    def __init__(self, model_uri: str, options: RunOptions, *, tracking_uri: str, host: Any,
+    def __init__(self, model_uri: str, spec: RunSpec, *, host: Any, tracking_uri: str | None = None,
                  workdir: Path | None = None, progress: ProgressFn | None = None, invocation: str | None = None):
+        from governance.host.tracking import resolve_tracking_uri
+
         self.model_uri = model_uri
-        self.opts = options
-        self.tracking_uri = tracking_uri
+        self.spec = spec
+        self.tracking_uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
         self.host = host
-        self.progress = progress or (lambda method, fraction, message: None)
+        self.progress: ProgressFn = progress or (lambda method, fraction, message: None)
         self.invocation = invocation
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="governance-run-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------------------------------ prepare
-    def prepare(self) -> None:
-        """Resolve, load, read the data, validate method configs and peers. Writes nothing to MLflow."""
+    def prepare(self) -> Prepared:
+        """Resolve, load, read the data, validate method settings and peers. Writes nothing to MLflow."""
         from governance.host.data_sources import load_dataset
         from governance.host.registry import resolve
         from governance.host.tracking import check_reachable
 
-        opts = self.opts
+        spec = self.spec
         check_reachable(self.tracking_uri)
-        self.methods = select_methods(self.host, opts.methods)
-        unknown_cfg = sorted(set(opts.method_config) - {m.name for m in self.methods} - set(self.host.methods))
-        if unknown_cfg:
-            raise ConfigError(f"configuration given for unknown method(s): {', '.join(unknown_cfg)}",
-                              hint=f"available methods: {', '.join(sorted(self.host.methods))}")
-        self.configs = {m.name: m.parse_config(opts.method_config.get(m.name)) for m in self.methods}
-        downloads = self.workdir / "_model"
+        planned = plan_methods(self.host, spec.methods, spec.method_settings())
         self.progress("", 0.0, f"resolving {self.model_uri}")
-        self.info = resolve(self.model_uri, tracking_uri=self.tracking_uri, download_dir=downloads)
-        self.progress("", 0.0, f"loading {self.info.display_name}")
-        self.model = load_model(self.info, device=opts.device, batch_size=opts.batch_size, host=self.host)
-        self.data_all = load_dataset(opts.data, self.model, target=opts.target, tracking_uri=self.tracking_uri,
-                                     download_dir=self.workdir / "_data")
-        rng = np.random.default_rng(opts.seed)
-        self.data = self.data_all.subset(opts.max_samples, rng) if len(self.data_all) > opts.max_samples else self.data_all
-        self.peers, self.peer_infos = self._load_peers(downloads)
+        info = resolve(self.model_uri, tracking_uri=self.tracking_uri, download_dir=self.workdir / "_model")
+        self.progress("", 0.0, f"loading {info.display_name}")
+        model = load_model(info, device=spec.device, batch_size=spec.batch_size, host=self.host,
+                           trust_pickle=spec.trust_pickle or None)
+        data_all = load_dataset(spec.data, model, target=spec.target, tracking_uri=self.tracking_uri,
+                                download_dir=self.workdir / "_data")
+        rng = np.random.default_rng(spec.seed)
+        data = data_all.subset(spec.max_samples, rng) if len(data_all) > spec.max_samples else data_all
+        older = self._older_versions(info, planned)
+        peers, peer_infos = self._load_peers(planned, older)
+        previous = {"uri": older[0], "version": older[0].rsplit("/", 1)[-1]} if older else None
+        return Prepared(info, model, data_all, data, planned, peers, peer_infos, previous)
 
-    def _load_peers(self, downloads: Path) -> tuple[list[Any], list[dict[str, Any]]]:
-        wants_peers = any(getattr(m, "uses_peers", False) for m in self.methods)
-        uris = self.opts.peers
-        if uris is None:
-            if not wants_peers or self.info.kind != "registry":
-                return [], []
+    def _older_versions(self, info: Any, planned: list[PlannedMethod]) -> list[str]:
+        """Previous versions of a registered model, newest first: looked up once, for peers and the report."""
+        if info.kind != "registry":
+            return []
+        wanted = self.spec.max_peers if self.spec.peers is None and any(p.wants_peers for p in planned) else 0
+        try:
             from governance.host.registry import previous_versions
             from governance.host.tracking import client
 
-            uris = previous_versions(client(self.tracking_uri), self.info.name, self.info.version, self.opts.max_peers)
+            return previous_versions(client(self.tracking_uri), info.name, info.version, max(wanted, 1))
+        except Exception as exc:  # the previous version is context, not a precondition
+            log.warning("previous versions of %s not read: %s", info.name, exc)
+            return []
+
+    def _load_peers(self, planned: list[PlannedMethod], older: list[str]) -> tuple[list[Any], list[dict[str, Any]]]:
         from governance.host.registry import resolve
 
+        if self.spec.peers is not None:
+            uris = list(self.spec.peers)
+        elif any(p.wants_peers for p in planned):
+            uris = older[: self.spec.max_peers]
+        else:
+            return [], []
         peers, infos = [], []
         for k, uri in enumerate(uris):
-            pinfo = resolve(uri, tracking_uri=self.tracking_uri, download_dir=downloads / f"peer{k}")
-            peers.append(load_model(pinfo, device=self.opts.device, batch_size=self.opts.batch_size, host=self.host))
+            pinfo = resolve(uri, tracking_uri=self.tracking_uri, download_dir=self.workdir / "_model" / f"peer{k}")
+            peers.append(load_model(pinfo, device=self.spec.device, batch_size=self.spec.batch_size, host=self.host,
+                                    trust_pickle=self.spec.trust_pickle or None))
             infos.append({"uri": uri, "name": pinfo.name, "version": pinfo.version,
                           "content_sha256": pinfo.content_sha256})
         return peers, infos
 
-    def run_config(self) -> dict[str, Any]:
-        """The configuration that determines the outcome: hashed to decide reuse."""
-        return {
-            "methods": {m.name: {"version": m.version, "config": self.configs[m.name].model_dump()} for m in self.methods},
-            "seed": self.opts.seed,
-            "max_samples": self.opts.max_samples,
-            "device": self.opts.device,
-            "data": {"source": self.data.source, "sha256": self.data.sha256, "n": len(self.data)},
-            "peers": self.peer_infos,
-        }
-
     # ------------------------------------------------------------------------------------------ run
     def run(self) -> RunResult:
         from governance import __version__
-        from governance.host.environment import describe_environment
-        from governance.run.reuse import load_previous_run
         from governance.run.sink import MlflowSink
 
-        self.prepare()
-        cfg = self.run_config()
-        chash = config_hash({"model": self.info.content_sha256, "config": cfg, "tool": __version__})
+        prep = self.prepare()
+        cfg = prep.outcome_config(self.spec)
+        chash = config_hash({"model": prep.info.content_sha256, "config": cfg, "tool": __version__})
         sink = MlflowSink(self.tracking_uri)
-        exp_id = sink.experiment_id(self.opts.experiment)
+        exp_id = sink.experiment_id(self.spec.experiment)
         previous = sink.previous_runs(exp_id, chash)
-        if previous and self.opts.reuse and not self.opts.force:
-            done = next((r for r in previous if r.info.status == "FINISHED"
-                         and r.data.tags.get("governance.status") == "ok"), None)
-            if done is not None:
-                log.info("reusing run %s (same model and configuration)", done.info.run_id)
-                return load_previous_run(sink, done.info.run_id, self.workdir)
+        reused = self._reusable(sink, previous)
+        if reused is not None:
+            return reused
+        result = self._new_result(prep, cfg, chash, exp_id, sink)
+        self._start(result, prep, sink, previous)
+        outcome = run_methods(
+            prep.planned,
+            MethodInputs(model=prep.model, data=prep.data, seed=self.spec.seed, workdir=self.workdir,
+                         peers=prep.peers,
+                         options={"tracking_uri": self.tracking_uri, "run_id": result.mlflow_run_id}),
+            progress=self.progress,
+            upload=lambda expl, folder: sink.log_explanation(result.mlflow_run_id, expl, folder, prep.info.model_id),
+            after_each=lambda expl: self._method_finished(result, expl),
+        )
+        return self._finish(result, prep, outcome, sink)
+
+    def _reusable(self, sink: Any, previous: list[Any]) -> RunResult | None:
+        if not previous or not self.spec.reuse or self.spec.force:
+            return None
+        done = next((r for r in previous if r.info.status == "FINISHED"
+                     and r.data.tags.get("governance.status") == "ok"), None)
+        if done is None:
+            return None
+        from governance.run.reuse import load_previous_run
+
+        log.info("reusing run %s (same model and configuration)", done.info.run_id)
+        return load_previous_run(sink, done.info.run_id, self.workdir)
+
+    def _new_result(self, prep: Prepared, cfg: dict[str, Any], chash: str, exp_id: str, sink: Any) -> RunResult:
+        from governance.host.environment import describe_environment
 
         result = RunResult(
-            model=self.info.to_dict(), runtime=self.model.describe(), data=self.data.describe(), config=cfg,
-            environment=describe_environment(), plugins=self.host.summary(), peers=self.peer_infos,
+            model=prep.info.to_dict(), runtime=prep.model.describe(), data=prep.data.describe(), config=cfg,
+            environment=describe_environment(), plugins=self.host.summary(), peers=prep.peer_infos,
             tracking_uri=self.tracking_uri, experiment_id=exp_id, started_at=utcnow(), config_hash=chash,
-            workdir=self.workdir, invocation=self.invocation,
+            workdir=self.workdir, invocation=self.invocation, spec=self.spec.to_dict(),
         )
-        result.model["training_run"] = sink.source_run_summary(self.info.run_id)
-        result.model["previous_version"] = self._previous_version()
-        result.performance = {"evaluation": evaluate_performance(self.model, self.data_all)}
+        result.model["training_run"] = sink.source_run_summary(prep.info.run_id)
+        result.model["previous_version"] = prep.previous_version
+        result.performance = {"evaluation": evaluate_performance(prep.model, prep.data_all)}
+        return result
+
+    def _start(self, result: RunResult, prep: Prepared, sink: Any, previous: list[Any]) -> None:
+        from governance import __version__
+
+        info = prep.info
         tags = {
-            "governance.model_uri": self.model_uri,
-            "governance.model_name": self.info.name or "",
-            "governance.model_version": self.info.version or "",
-            "governance.model_id": self.info.model_id or "",
-            "governance.source_run_id": self.info.run_id or "",
-            "governance.model_sha256": self.info.content_sha256,
-            "governance.config_hash": chash,
-            "governance.tool_version": __version__,
-            "governance.methods": ",".join(m.name for m in self.methods),
-            "governance.status": "running",
+            "governance.model_uri": self.model_uri, "governance.model_name": info.name or "",
+            "governance.model_version": info.version or "", "governance.model_id": info.model_id or "",
+            "governance.source_run_id": info.run_id or "", "governance.model_sha256": info.content_sha256,
+            "governance.config_hash": result.config_hash, "governance.tool_version": __version__,
+            "governance.methods": ",".join(p.name for p in prep.planned), "governance.status": "running",
         }
-        run_name = f"{self.info.name or 'model'}-v{self.info.version or '?'}-explain"
-        result.mlflow_run_id = run_id = sink.start_run(exp_id, run_name, {k: v for k, v in tags.items() if v})
+        run_name = f"{info.name or 'model'}-v{info.version or '?'}-explain"
+        result.mlflow_run_id = run_id = sink.start_run(result.experiment_id, run_name,
+                                                       {k: v for k, v in tags.items() if v})
         for old in previous:  # never duplicate silently: the older run points at its replacement
             try:
                 sink.client.set_tag(old.info.run_id, "governance.superseded_by", run_id)
             except Exception:
-                pass
-        sink.tag_version(self.info, {"governance.status": "running", "governance.run_id": run_id})
-        self.host.hook.run_started(run=result)
+                log.warning("could not tag run %s as superseded by %s", old.info.run_id, run_id)
+        sink.tag_version(info, {"governance.status": "running", "governance.run_id": run_id})
+        self.host.call_each("run_started", run=result)
 
-        upload_errors: list[str] = []
-        for k, cls in enumerate(self.methods):
-            expl = self._run_method(cls, k)
-            result.explanations.append(expl)
-            folder = self._write_method_folder(expl)
-            try:
-                sink.log_explanation(run_id, expl, folder, self.info.model_id)
-            except Exception as exc:
-                msg = f"{type(exc).__name__}: {exc}"
-                upload_errors.append(f"{expl.method}: {msg}")
-                expl.warnings.append(f"results were not uploaded to MLflow ({msg}); they are kept in {folder}")
-            self.host.hook.method_finished(run=result, explanation=expl)
+    def _method_finished(self, result: RunResult, expl: Explanation) -> None:
+        result.explanations.append(expl)
+        self.host.call_each("method_finished", run=result, explanation=expl)
 
-        statuses = [e.status for e in result.explanations]
-        if upload_errors or (STATUS_FAILED in statuses and STATUS_OK not in statuses):
-            result.status = "failed"
-        elif STATUS_FAILED in statuses:
-            result.status = "partial"
-        else:
-            result.status = "ok"
+    def _finish(self, result: RunResult, prep: Prepared, outcome: Any, sink: Any) -> RunResult:
+        """Status, run.json, terminal MLflow state and version tags; then ``run_finished``. A failed upload
+        leaves the run FAILED and raises TrackingError naming the local copy."""
+        upload_errors = list(outcome.upload_errors)
+        result.status = outcome.status
         result.finished_at = utcnow()
+        result.runtime = prep.model.describe()  # now with what the methods built (e.g. the ONNX torch view)
+        result.plugins = self.host.summary()
+        result.warnings.extend(f"plugin {e}" for e in self.host.hook_errors())
+        run_id = result.mlflow_run_id
         run_json = self.workdir / "run.json"
         run_json.write_text(json.dumps(result.to_dict(), indent=2))
         try:
             sink.log_file(run_id, run_json)
             sink.finish(run_id, result.status)
-            sink.tag_version(self.info, {"governance.status": result.status, "governance.run_id": run_id,
-                                         "governance.config_hash": chash, "governance.updated_at": result.finished_at})
+            sink.tag_version(prep.info, {"governance.status": result.status, "governance.run_status": result.status,
+                                         "governance.run_id": run_id, "governance.config_hash": result.config_hash,
+                                         "governance.updated_at": result.finished_at})
         except Exception as exc:
             upload_errors.append(f"run.json: {exc}")
             sink.fail_quietly(run_id, f"upload failed: {exc}")
-        self.host.hook.run_finished(run=result)
+        self.host.call_each("run_finished", run=result)
         if upload_errors:
             raise TrackingError(
                 f"MLflow run {run_id} is marked failed: uploads failed ({'; '.join(upload_errors)[:500]})",
                 hint=f"everything computed is kept in {self.workdir}; fix the tracking store and run again",
             )
         return result
-
-    def _previous_version(self) -> dict[str, Any] | None:
-        if self.info.kind != "registry":
-            return None
-        try:
-            from governance.host.registry import previous_versions
-            from governance.host.tracking import client
-
-            uris = previous_versions(client(self.tracking_uri), self.info.name, self.info.version, 1)
-        except Exception:
-            return None
-        return {"uri": uris[0], "version": uris[0].rsplit("/", 1)[-1]} if uris else None
-
-    def _run_method(self, cls: type, index: int) -> Explanation:
-        from governance.contract.method import MethodContext
-
-        name = cls.name
-        cfg = self.configs[name]
-        report = lambda fraction, message="": self.progress(name, float(fraction), message)  # noqa: E731
-        report(0.0, "starting")
-        base = dict(method_version=cls.version, title=cls.title or name, plugin=self.host.plugin_of(name),
-                    config=cfg.model_dump(), seed=self.opts.seed)
-        reason = cls.can_explain(model=self.model, data=self.data)
-        if reason is not None:
-            report(1.0, "skipped")
-            return Explanation(method=name, status=STATUS_SKIPPED, reason=reason, **base)
-        ctx = MethodContext(model=self.model, data=self.data, config=cfg, seed=self.opts.seed,
-                            workdir=self.workdir / "explanations" / name, peers=self.peers,
-                            device=self.model.device, log=logging.getLogger(f"governance.method.{name}"),
-                            progress=report, options={"tracking_uri": self.tracking_uri})
-        t0 = time.perf_counter()
-        try:
-            import torch
-
-            torch.manual_seed(self.opts.seed)
-            expl = cls().explain(ctx)
-            if not isinstance(expl, Explanation):
-                raise TypeError(f"{cls.__name__}.explain returned {type(expl).__name__}, not an Explanation")
-        except MethodError as exc:
-            expl = Explanation(method=name, status=STATUS_FAILED, reason=str(exc), error_type="MethodError")
-        except GovernanceError as exc:
-            expl = Explanation(method=name, status=STATUS_FAILED, reason=str(exc), error_type=type(exc).__name__)
-        except Exception as exc:  # isolation: one method's crash never loses the others
-            expl = Explanation(method=name, status=STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}",
-                               error_type=type(exc).__name__, traceback=traceback.format_exc(limit=20))
-            log.warning("method %s failed: %s", name, expl.reason)
-        expl.method = name
-        expl.seconds = round(time.perf_counter() - t0, 4)
-        for key, value in base.items():
-            if getattr(expl, key, None) in (None, {}, ""):
-                setattr(expl, key, value)
-        report(1.0, expl.status)
-        return expl
-
-    def _write_method_folder(self, expl: Explanation) -> Path:
-        folder = self.workdir / "explanations" / expl.method
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, path in list(expl.figures.items()):
-            path = Path(path)
-            if path.parent.resolve() != folder.resolve() and path.is_file():
-                shutil.copy2(path, folder / path.name)
-                expl.figures[name] = folder / path.name
-        if expl.arrays:
-            np.savez_compressed(folder / "arrays.npz", **{k: np.asarray(v) for k, v in expl.arrays.items()})
-        if expl.traceback:
-            (folder / "traceback.txt").write_text(expl.traceback)
-        (folder / "summary.json").write_text(json.dumps(expl.to_dict(), indent=2))
-        return folder

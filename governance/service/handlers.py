@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 from governance.contract.errors import ModelLoadError, ModelResolutionError
-from governance.service.jobs import ReportSettings
 from governance.service.queue import Job
 from governance.service.worker import RetryLater
 
@@ -47,50 +46,8 @@ def check_version_ready(tracking_uri: str | None, name: str, version: str) -> No
                              hint="register the model again")
 
 
-def _method_config(settings: ReportSettings) -> dict[str, dict[str, Any]]:
-    from governance.cli.options import method_config
-
-    return method_config(settings.config, tuple(settings.overrides))
-
-
-def _signer(text: str | None) -> dict[str, str] | None:
-    """``"NAME, ROLE, ORG"`` as the report builder takes it (same reading as ``governance report --signer``)."""
-    if not text:
-        return None
-    parts = [p.strip() for p in text.split(",")]
-    return {k: v for k, v in zip(("name", "role", "organisation"), parts) if v}
-
-
-def _report_function() -> Any:
-    """``governance.api.report_model`` when the report builder is installed, else None (explain only)."""
-    try:
-        from governance.report import report_for_model  # noqa: F401
-    except ImportError:
-        return None
-    from governance.api import report_model
-
-    return report_model
-
-
-def run_settings(settings: ReportSettings, model_uri: str, invocation: str) -> dict[str, Any]:
-    """Keyword arguments of :func:`governance.api.explain` for these settings."""
-    return {
-        "methods": list(settings.methods) if settings.methods else None,
-        "data": settings.data,
-        "target": settings.target,
-        "config": _method_config(settings),
-        "device": settings.device,
-        "seed": settings.seed,
-        "max_samples": settings.max_samples,
-        "experiment": settings.experiment,
-        "plugins": list(settings.plugins) if settings.plugins else None,
-        "tracking_uri": settings.tracking_uri,
-        "invocation": invocation,
-    }
-
-
 def report_job(job: Job) -> dict[str, Any]:
-    """Explain ``job.payload['model_uri']`` with the job's settings, log to MLflow, render the report.
+    """Explain ``job.payload['model_uri']`` with the job's RunSpec, log to MLflow, render the report.
 
     Reports go to ``--output-dir`` (default ``$GOVERNANCE_HOME/reports``) in ``<name>-v<version>/job-<id>/``
     (a folder of its own, so the path the job records always holds this job's report) and to the
@@ -98,33 +55,36 @@ def report_job(job: Job) -> dict[str, Any]:
     in the job's result (and in the version's ``governance.status`` tag). Pickle-format models are loaded
     only when the service was started with ``--trust-pickle``, whatever the environment says.
     """
+def report_job(job: Job) -> dict[str, Any]:
+    """Explain ``job.payload['model_uri']`` with the job's RunSpec, log to MLflow, render the report.
+
+    Reports go to ``--output-dir`` (default ``$GOVERNANCE_HOME/reports``) in ``<name>-v<version>/job-<id>/``
+    (a folder of its own, so the path the job records always holds this job's report) and to the governance
+    run in MLflow. A policy verdict of "fail" is a result, not a job failure: it is recorded in the job's
+    result (and in the version's ``governance.status`` tag). Pickle-format models are loaded only when the
+    service was started with ``--trust-pickle``, whatever the environment says.
+    """
     import os
 
+    from governance.api import explain, report_model
     from governance.host.runtimes.pickle_policy import TRUST_ENV
+    from governance.report.publish import report_folder_name
+    from governance.run.spec import RunSpec
 
     payload = job.payload
-    settings = ReportSettings.from_dict(payload["settings"])
-    os.environ[TRUST_ENV] = "1" if settings.trust_pickle else "0"
+    spec = RunSpec.from_dict(payload["settings"])
+    os.environ[TRUST_ENV] = "1" if spec.trust_pickle else "0"
     model_uri = payload["model_uri"]
-    check_version_ready(settings.tracking_uri, payload["name"], payload["version"])
-    kwargs = run_settings(settings, model_uri, f"governance job {job.id} ({job.source}: {job.trigger})")
-    report = _report_function() if settings.report else None
-    if report is not None:
-        from governance.cli.report import signing_identity
-        from governance.report.publish import report_folder_name
+    check_version_ready(spec.tracking_uri, payload["name"], payload["version"])
+    invocation = f"governance job {job.id} ({job.source}: {job.trigger})"
+    if spec.render_report:
         from governance.service.config import state_dir
 
-        signing = signing_identity(settings.sign_key, settings.sign_cert) if settings.sign_key else None
-        root = settings.output_dir or str(state_dir() / "reports")
         folder = report_folder_name({"name": payload["name"], "version": payload["version"]})
-        out_dir = f"{root}/{folder}/job-{job.id}"
-        result = report(model_uri, out_dir=out_dir, subfolder=False, policy=settings.policy,
-                        model_card=settings.model_card, template_dirs=list(settings.template_dirs),
-                        signer=_signer(settings.signer), signing=signing, pdf=settings.pdf, **kwargs)
-        return summarise_report(result)
-    from governance.api import explain
-
-    return summarise_run(explain(model_uri, **kwargs))
+        root = spec.output_dir or str(state_dir() / "reports")
+        spec = spec.replace(output_dir=f"{root}/{folder}/job-{job.id}")
+        return summarise_report(report_model(model_uri, spec=spec, subfolder=False, invocation=invocation))
+    return summarise_run(explain(model_uri, spec=spec, invocation=invocation))
 
 
 def summarise_run(run: Any) -> dict[str, Any]:

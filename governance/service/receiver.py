@@ -23,7 +23,8 @@ from collections import Counter
 from typing import Any, Callable, Mapping
 
 from governance.service import signing
-from governance.service.jobs import ReportSettings, job_spec
+from governance.run.spec import RunSpec
+from governance.service.jobs import job_spec
 from governance.service.queue import JobQueue
 from governance.service.triggers import MalformedDelivery, TriggerRules, is_test_delivery, parse_envelope
 
@@ -49,7 +50,7 @@ class Receiver:
         *,
         secrets: list[str],
         rules: TriggerRules,
-        settings: ReportSettings,
+        settings: RunSpec,
         window_seconds: float = DEFAULT_WINDOW_S,
         max_body: int = DEFAULT_MAX_BODY,
         max_attempts: int = 5,

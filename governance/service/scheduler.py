@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from governance.contract.errors import ConfigError
-from governance.service.jobs import ReportSettings, job_spec
+from governance.run.spec import RunSpec
+from governance.service.jobs import job_spec
 from governance.service.queue import JobQueue
 from governance.service.triggers import Trigger, TriggerRules
 
@@ -46,7 +47,7 @@ class ScheduleResult:
 def schedule_pass(
     queue: JobQueue,
     aliases: tuple[str, ...],
-    settings: ReportSettings,
+    settings: RunSpec,
     *,
     models: tuple[str, ...] = (),
     client: Any = None,

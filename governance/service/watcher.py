@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from governance.contract.errors import TrackingError
-from governance.service.jobs import ReportSettings, job_spec
+from governance.run.spec import RunSpec
+from governance.service.jobs import job_spec
 from governance.service.queue import JobQueue
 from governance.service.triggers import TagRule, Trigger, TriggerRules
 
@@ -69,7 +70,7 @@ class Watcher:
         self,
         queue: JobQueue,
         rules: TriggerRules,
-        settings: ReportSettings,
+        settings: RunSpec,
         *,
         client: Any = None,
         lookback_s: float = 600.0,

@@ -329,19 +329,25 @@ def check_refuses_without_requirements(cls: type[Method], model: LoadedModel, da
 
 def make_context(cls: type[Method], model: LoadedModel, data: Dataset, config: MethodConfig, *, workdir: Path,
                  seed: int = 0, peers: Sequence[LoadedModel] = ()) -> MethodContext:
-    return MethodContext(model=model, data=data, config=config, seed=seed, workdir=workdir, peers=peers,
-                         device=model.device, options={})
+    """The context the host builds for ``cls`` (governance.run.execute.context_for): peers only when the method
+    declares Requirement.PEERS, the method's own folder below ``workdir``."""
+    from governance.run.execute import MethodInputs, PlannedMethod, context_for
+
+    return context_for(PlannedMethod(cls, config), MethodInputs(model=model, data=data, seed=seed,
+                                                                workdir=Path(workdir), peers=peers))
 
 
 def run_explain(cls: type[Method], ctx: MethodContext) -> Explanation:
-    """Call ``explain`` the way the host does (torch seeded from the run seed)."""
-    import torch
+    """Call ``explain`` the way the host does (governance.run.execute.call_explain: torch seeded from the run
+    seed); a non-Explanation return is a conformance failure."""
+    from governance.run.execute import call_explain
 
-    torch.manual_seed(ctx.seed)
-    expl = cls().explain(ctx)
-    if not isinstance(expl, Explanation):
-        _fail(f"{cls.__name__}.explain returned {type(expl).__name__}: return a governance.Explanation")
-    return expl
+    try:
+        return call_explain(cls, ctx)
+    except TypeError as exc:
+        if "not an Explanation" in str(exc):
+            _fail(f"{exc}: return a governance.Explanation")
+        raise
 
 
 def check_explanation(cls: type[Method], expl: Explanation, ctx: MethodContext) -> None:
@@ -504,7 +510,7 @@ class MethodRunner:
         self.seed = seed
         self.folder = Path(folder)
         self.models = ModelCache(self.folder / "models")
-        wants_peers = cls.uses_peers or Requirement.PEERS in cls.requires
+        wants_peers = Requirement.PEERS in cls.requires
         self.n_peers = n_peers if n_peers is not None else (1 if wants_peers else 0)
         self._runs: dict[str, tuple[Explanation, MethodContext, Explanation] | str] = {}
         self._count = itertools.count()

@@ -62,10 +62,9 @@ class BortAudit(Method):
     )
     reference = ("B. Zhang, W. Zheng, J. Zhou, J. Lu. Bort: Towards Explainable Neural Networks with Bounded "
                  "Orthogonal Constraint. ICLR 2023. arXiv:2212.09062")
-    requires = frozenset({Requirement.PARAMETERS})
+    requires = frozenset({Requirement.PARAMETERS, Requirement.PEERS})
     Config = BortConfig
     report_template = "governance_plugins.bort:section.html.j2"
-    uses_peers = True
 
     @classmethod
     def can_explain(cls, *, model: Any, data: Any) -> str | None:

@@ -108,8 +108,6 @@ class InteractionMethod(Method):
     requires = frozenset({Requirement.FORWARD, Requirement.PEERS})
     Config = InteractionConfig
     report_template = "governance_plugins.interaction:section.html.j2"
-    produces_attributions = False
-    uses_peers = True
 
     @classmethod
     def can_explain(cls, *, model: Any, data: Any) -> str | None:

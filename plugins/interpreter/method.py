@@ -90,7 +90,6 @@ class FlintMethod(Method):
     requires = frozenset({Requirement.FORWARD, Requirement.ACTIVATIONS})
     Config = FlintConfig
     report_template = "governance_plugins.interpreter:section.html.j2"
-    produces_attributions = True
 
     @classmethod
     def can_explain(cls, *, model: Any, data: Any) -> str | None:

@@ -89,7 +89,6 @@ class NeflagMethod(Method):
     requires = frozenset({Requirement.FORWARD, Requirement.GRADIENTS})
     Config = NeflagConfig
     report_template = "governance_plugins.neflag:section.html.j2"
-    produces_attributions = True
 
     @classmethod
     def can_explain(cls, *, model: Any, data: Any) -> str | None:

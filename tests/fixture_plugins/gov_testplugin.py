@@ -23,7 +23,6 @@ def _classes():
         name = "occlusion"
         version = "0.1.0"
         title = "Occlusion sensitivity"
-        produces_attributions = True
         Config = OcclusionConfig
 
         def explain(self, ctx, **kwargs):

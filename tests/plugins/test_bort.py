@@ -672,7 +672,7 @@ def test_method_config_and_requirements():
     found = []
     register_methods(register=found.append)
     assert found == [BortAudit] and BortAudit.name == "bort"
-    assert BortAudit.requires == frozenset({Requirement.PARAMETERS})
+    assert BortAudit.requires == frozenset({Requirement.PARAMETERS, Requirement.PEERS})  # compares versions
     with pytest.raises(ConfigError, match="amplitude"):
         BortAudit.parse_config({"amplitude": 0})
     with pytest.raises(ConfigError, match="valid keys"):

@@ -610,7 +610,7 @@ def test_plugin_registers_and_imports_cheaply():
 
     plugin.register_methods(registered.append)
     assert registered == [InteractionMethod]
-    assert InteractionMethod.uses_peers and Requirement.PEERS in InteractionMethod.requires
+    assert Requirement.PEERS in InteractionMethod.requires
     code = ("import sys, governance_plugins.interaction; "
             "print(any(m in sys.modules for m in ('numpy', 'torch', 'matplotlib', 'scipy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

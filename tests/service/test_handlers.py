@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from governance.contract.errors import ModelResolutionError
-from governance.service.handlers import check_version_ready, run_settings
-from governance.service.jobs import ReportSettings
+from governance.run.spec import RunSpec
+from governance.service.handlers import check_version_ready
 from governance.service.worker import RetryLater, is_transient
 
 
@@ -30,14 +30,9 @@ def test_ready_missing_and_pending_versions(store, monkeypatch):
 def test_run_settings_map_to_the_api(tmp_path):
     cfg = tmp_path / "methods.yaml"
     cfg.write_text("methods:\n  occlusion:\n    n_samples: 4\n")
-    s = ReportSettings(tracking_uri="sqlite:///x.db", methods=("occlusion",), config=str(cfg),
-                       overrides=("occlusion.target=1",), max_samples=16, plugins=("testplugin",))
-    kw = run_settings(s, "models:/m/1", "job 1")
-    assert kw["config"] == {"occlusion": {"n_samples": 4, "target": 1}}
-    assert kw["methods"] == ["occlusion"] and kw["plugins"] == ["testplugin"] and kw["max_samples"] == 16
-    assert run_settings(ReportSettings(), "models:/m/1", "x")["methods"] is None  # all installed methods
-    import inspect
-
-    from governance.api import explain
-
-    assert set(kw) <= set(inspect.signature(explain).parameters)
+    s = RunSpec(tracking_uri="sqlite:///x.db", methods=("occlusion",), config_file=str(cfg),
+                overrides=("occlusion.target=1",), max_samples=16, plugins=("testplugin",))
+    again = RunSpec.from_dict(s.to_dict())  # what the worker reads back from the job payload
+    assert again.method_settings() == {"occlusion": {"n_samples": 4, "target": 1}}
+    assert again.methods == ("occlusion",) and again.plugins == ("testplugin",) and again.max_samples == 16
+    assert RunSpec().methods is None  # all installed methods

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from governance.service.jobs import ReportSettings
+from governance.run.spec import RunSpec
 from governance.service.queue import JobQueue
 from governance.service.receiver import Receiver
 from governance.service.signing import sign
@@ -21,7 +21,7 @@ from .conftest import SECRET, created, envelope, signed_headers
 def rx(tmp_path):
     q = JobQueue(tmp_path / "q.db")
     rules = TriggerRules(aliases=("champion",), tags=(TagRule.parse("governance.request"),), models=("fraud-*",))
-    return Receiver(q, secrets=[SECRET], rules=rules, settings=ReportSettings(tracking_uri="http://127.0.0.1:1"))
+    return Receiver(q, secrets=[SECRET], rules=rules, settings=RunSpec(tracking_uri="http://127.0.0.1:1"))
 
 
 def jobs(rx):

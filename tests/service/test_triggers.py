@@ -7,7 +7,8 @@ import json
 import pytest
 
 from governance.contract.errors import ConfigError
-from governance.service.jobs import ReportSettings, job_key, job_spec
+from governance.run.spec import RunSpec
+from governance.service.jobs import job_key, job_spec
 from governance.service.triggers import (
     MalformedDelivery, TagRule, Trigger, TriggerRules, is_test_delivery, parse_envelope,
 )
@@ -70,7 +71,7 @@ def test_rules():
 
 
 def test_keys_collapse_automatic_triggers_but_not_tag_requests(tmp_path):
-    s = ReportSettings()
+    s = RunSpec()
     fp = s.fingerprint()
     created, alias, sched = (Trigger("m", "3", "created"), Trigger("m", "3", "alias", "champion"),
                              Trigger("m", "3", "schedule", "champion"))
@@ -83,18 +84,18 @@ def test_keys_collapse_automatic_triggers_but_not_tag_requests(tmp_path):
 def test_fingerprint_follows_file_contents_not_paths(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text("min_accuracy: 0.9\n")
-    a = ReportSettings(policy=str(policy), output_dir=str(tmp_path / "out1"))
-    b = ReportSettings(policy=str(policy), output_dir=str(tmp_path / "out2"))
+    a = RunSpec(policy=str(policy), output_dir=str(tmp_path / "out1"))
+    b = RunSpec(policy=str(policy), output_dir=str(tmp_path / "out2"))
     assert a.fingerprint() == b.fingerprint()  # where the report goes does not change it
     before = a.fingerprint()
     policy.write_text("min_accuracy: 0.95\n")
     assert a.fingerprint() != before
-    assert ReportSettings(methods=("b", "a")).fingerprint() == ReportSettings(methods=("a", "b")).fingerprint()
+    assert RunSpec(methods=("b", "a")).fingerprint() == RunSpec(methods=("a", "b")).fingerprint()
     spec = job_spec(Trigger("m", "1", "created"), a, source="test")
     assert spec["payload"]["settings"]["policy"] == str(policy) and spec["key"] == job_key(Trigger("m", "1", "created"),
                                                                                            a.fingerprint())
     with pytest.raises(ConfigError):
-        ReportSettings(policy=str(tmp_path / "missing.yaml")).fingerprint()
+        RunSpec(policy=str(tmp_path / "missing.yaml")).fingerprint()
 
 
 def test_trigger_versions_are_normalised():

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from governance.service.jobs import ReportSettings
+from governance.run.spec import RunSpec
 from governance.service.queue import JobQueue
 from governance.service.scheduler import parse_duration, schedule_pass
 from governance.service.triggers import TagRule, TriggerRules
@@ -51,10 +51,10 @@ def now_ms(offset_s: float = 0) -> int:
 def test_first_pass_starts_at_the_lookback_unless_backfill(tmp_path):
     versions = [MV("m", "1", now_ms(-86400)), MV("m", "2", now_ms(-60))]
     q = JobQueue(tmp_path / "q.db")
-    recent = Watcher(q, TriggerRules(), ReportSettings(), client=FakeClient(versions), lookback_s=600).poll_once()
+    recent = Watcher(q, TriggerRules(), RunSpec(), client=FakeClient(versions), lookback_s=600).poll_once()
     assert [q.get(i).payload["version"] for i in recent.queued] == ["2"]
     q2 = JobQueue(tmp_path / "q2.db")
-    full = Watcher(q2, TriggerRules(), ReportSettings(), client=FakeClient(versions), backfill=True).poll_once()
+    full = Watcher(q2, TriggerRules(), RunSpec(), client=FakeClient(versions), backfill=True).poll_once()
     assert sorted(q2.get(i).payload["version"] for i in full.queued) == ["1", "2"]
 
 
@@ -62,12 +62,12 @@ def test_cursor_persists_and_stops_paging(tmp_path):
     versions = [MV("m", str(i), now_ms(-3600 + i)) for i in range(1, 51)]
     client = FakeClient(versions)
     q = JobQueue(tmp_path / "q.db")
-    w = Watcher(q, TriggerRules(), ReportSettings(), client=client, backfill=True, page_size=10, lookback_s=5)
+    w = Watcher(q, TriggerRules(), RunSpec(), client=client, backfill=True, page_size=10, lookback_s=5)
     assert len(w.poll_once().queued) == 50 and client.calls == 5
     # a restarted watcher (new object, same queue file) continues from the stored cursor
     versions.append(MV("m", "51", now_ms()))
     client.calls = 0
-    again = Watcher(q, TriggerRules(), ReportSettings(), client=client, backfill=True, page_size=10, lookback_s=5)
+    again = Watcher(q, TriggerRules(), RunSpec(), client=client, backfill=True, page_size=10, lookback_s=5)
     res = again.poll_once()
     assert [q.get(i).payload["version"] for i in res.queued] == ["51"] and client.calls == 1  # one page, not five
     assert res.already_known >= 1
@@ -77,7 +77,7 @@ def test_pending_versions_hold_the_cursor_back(tmp_path):
     versions = [MV("m", "1", now_ms(-3000), status="PENDING_REGISTRATION"), MV("m", "2", now_ms(-10))]
     client = FakeClient(versions)
     q = JobQueue(tmp_path / "q.db")
-    w = Watcher(q, TriggerRules(), ReportSettings(), client=client, backfill=True, lookback_s=1)
+    w = Watcher(q, TriggerRules(), RunSpec(), client=client, backfill=True, lookback_s=1)
     first = w.poll_once()
     assert first.pending == 1 and [q.get(i).payload["version"] for i in first.queued] == ["2"]
     versions[0].status = "READY"
@@ -88,7 +88,7 @@ def test_pending_versions_hold_the_cursor_back(tmp_path):
 def test_model_patterns_filter_client_side(tmp_path):
     versions = [MV("fraud-a", "1", now_ms(-5)), MV("churn", "1", now_ms(-5))]
     q = JobQueue(tmp_path / "q.db")
-    res = Watcher(q, TriggerRules(models=("fraud-*",)), ReportSettings(), client=FakeClient(versions)).poll_once()
+    res = Watcher(q, TriggerRules(models=("fraud-*",)), RunSpec(), client=FakeClient(versions)).poll_once()
     assert [q.get(i).payload["name"] for i in res.queued] == ["fraud-a"]
 
 
@@ -97,7 +97,7 @@ def test_model_patterns_filter_client_side(tmp_path):
 
 def test_watch_against_a_real_store(store, tmp_path):
     q = JobQueue(tmp_path / "q.db")
-    settings = ReportSettings(tracking_uri=store["uri"])
+    settings = RunSpec(tracking_uri=store["uri"])
     rules = TriggerRules(aliases=("champion",), tags=(TagRule.parse("governance.request"),), models=("fraud-a", "fraud-b"))
     w = Watcher(q, rules, settings, client=store["client"], backfill=True)
     res = w.poll_once()
@@ -113,7 +113,7 @@ def test_schedule_is_idempotent_until_the_settings_change(store, tmp_path):
     q = JobQueue(tmp_path / "q.db")
     policy = tmp_path / "policy.yaml"
     policy.write_text("min_accuracy: 0.9\n")
-    settings = ReportSettings(tracking_uri=store["uri"], policy=str(policy))
+    settings = RunSpec(tracking_uri=store["uri"], policy=str(policy))
     first = schedule_pass(q, ("champion",), settings, client=store["client"])
     assert sorted(first.targets) == ["models:/churn/1 (@champion)", "models:/fraud-a/2 (@champion)"]
     assert len(first.queued) == 2

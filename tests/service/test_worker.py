@@ -209,14 +209,15 @@ def test_worker_validates_its_options(tmp_path):
 def test_real_handler_retries_an_unreachable_server(tmp_path, monkeypatch):
     """The production handler against a closed port: transient, retried with back-off, then final."""
     from governance.service.handlers import report_job
-    from governance.service.jobs import ReportSettings, job_spec
+    from governance.run.spec import RunSpec
+    from governance.service.jobs import job_spec
     from governance.service.triggers import Trigger
 
     from .conftest import free_port
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     q = JobQueue(tmp_path / "q.db")
-    settings = ReportSettings(tracking_uri=f"http://127.0.0.1:{free_port()}")
+    settings = RunSpec(tracking_uri=f"http://127.0.0.1:{free_port()}")
     q.enqueue(**job_spec(Trigger("m", "1", "created"), settings, source="test", max_attempts=2))
     w = run_all(q, report_job)
     job = q.jobs()[0]

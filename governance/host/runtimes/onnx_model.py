@@ -74,6 +74,10 @@ class OnnxModel(LoadedModel):
         return self.session.run(None, {self._input_name: x})[0]
 
     # ------------------------------------------------------------------------------------------ torch view
+    @property
+    def view_checked(self) -> bool:
+        return self._view_tried
+
     def torch_module(self) -> Any:
         if not self._view_tried:
             self._view_tried = True

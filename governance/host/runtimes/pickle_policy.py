@@ -5,8 +5,9 @@ code on the governance host (inside ``governance inspect``, or the ``serve`` wor
 Pickle is therefore refused by default. The opt-ins, highest precedence first:
 
 1. ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` (MLflow's own switch) refuses pickle whatever else says;
-2. ``--trust-pickle`` on the command line, or ``GOVERNANCE_TRUST_PICKLE=1``/``0`` in the environment (the
-   service sets this from its own ``--trust-pickle`` for every job);
+2. ``--trust-pickle`` on the command line (RunSpec ``trust_pickle``, ``governance.load(trust_pickle=True)``),
+   then ``GOVERNANCE_TRUST_PICKLE=1``/``0`` in the environment (the service sets this from its own
+   ``--trust-pickle`` for every job);
 3. ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true`` set explicitly (MLflow's default, when it is unset, is not
    counted as consent);
 4. ``trust_pickle = true`` in the settings file.
@@ -51,11 +52,14 @@ def _flag(name: str) -> bool | None:
     raise ConfigError(f"{name}={raw!r} is neither true nor false", hint=f"set {name} to 1/true or 0/false")
 
 
-def pickle_decision() -> PickleDecision:
-    """Apply the precedence above to the current environment and settings file."""
+def pickle_decision(explicit: bool | None = None) -> PickleDecision:
+    """Apply the precedence above to the current environment and settings file. ``explicit=True`` is the
+    command's own ``--trust-pickle`` (RunSpec ``trust_pickle``); None when it was not given."""
     mlflow_switch = _flag(MLFLOW_ENV)
     if mlflow_switch is False:
         return PickleDecision(False, f"{MLFLOW_ENV}=false")
+    if explicit is not None:
+        return PickleDecision(bool(explicit), "--trust-pickle" if explicit else "trust_pickle=False")
     own = _flag(TRUST_ENV)
     if own is not None:
         return PickleDecision(own, f"{TRUST_ENV}={os.environ[TRUST_ENV].strip()}")

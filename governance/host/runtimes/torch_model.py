@@ -133,14 +133,16 @@ class TorchModel(LoadedModel):
                 if v.dtype.is_floating_point}
 
 
-def load_torch_model(info: ModelVersionInfo, device: str, batch_size: int) -> TorchModel:
-    """Load the ``pytorch`` flavor from ``info.local_path`` (pt2 or pickle)."""
+def load_torch_model(info: ModelVersionInfo, device: str, batch_size: int,
+                     trust_pickle: bool | None = None) -> TorchModel:
+    """Load the ``pytorch`` flavor from ``info.local_path`` (pt2, or pickle when trusted: ``trust_pickle``
+    is an explicit opt-in, None lets :func:`~governance.host.runtimes.pickle_policy.pickle_decision` decide)."""
     import mlflow.pytorch
     import torch
 
     from governance.host.runtimes.pickle_policy import mlflow_pickle_switch, pickle_decision, refusal
 
-    decision = pickle_decision()
+    decision = pickle_decision(explicit=trust_pickle)
     if not decision.allowed and _is_pickle_format(info):
         raise refusal(info.display_name, "is a pickle-format PyTorch model (data/model.pth)", decision)
     try:

@@ -34,7 +34,6 @@ class GradientInput(Method):
     requires = frozenset({Requirement.GRADIENTS})
     Config = GradientInputConfig
     report_template = "governance_gradinput:section.html.j2"
-    produces_attributions = True
 
     def explain(self, ctx: Any, **kwargs: Any) -> Explanation:
         cfg: GradientInputConfig = ctx.config
