@@ -11,6 +11,7 @@ dict); pass ``spec=`` to reuse one. This module composes the run (``governance.r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -37,16 +38,19 @@ def _spec(spec: Any, options: dict[str, Any]) -> Any:
 
 
 def explain(model_uri: str, *, spec: Any = None, workdir: str | Path | None = None,
-            progress: ProgressFn | None = None, invocation: str | None = None, **options: Any) -> RunResult:
+            progress: ProgressFn | None = None, invocation: str | None = None,
+            run_tags: dict[str, str] | None = None, **options: Any) -> RunResult:
     """Explain one model version with the selected methods (all installed ones by default) and log everything
     to a new MLflow run. A finished run with the same model and configuration is reused unless ``force`` (then
-    the new run supersedes it). ``options`` are :class:`~governance.run.spec.RunSpec` fields."""
+    the new run supersedes it). ``options`` are :class:`~governance.run.spec.RunSpec` fields; ``run_tags`` are
+    added to the new MLflow run. Without ``workdir`` the evidence is kept in a temporary folder
+    (``result.workdir``, yours to delete; it is removed when the run fails)."""
     from governance.run.pipeline import Pipeline
 
     run_spec = _spec(spec, options)
     pipe = Pipeline(model_uri, run_spec, host=_host(run_spec.plugins),
                     workdir=Path(workdir) if workdir else None, progress=progress,
-                    invocation=invocation or f"governance.explain({model_uri!r})")
+                    invocation=invocation or f"governance.explain({model_uri!r})", run_tags=run_tags)
     return pipe.run()
 
 
@@ -93,18 +97,28 @@ def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: st
 
 
 def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None,
-         trust_pickle: bool | None = None):
+         trust_pickle: bool | None = None, download_dir: str | Path | None = None):
     """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view.
-    ``trust_pickle=True`` allows a pickle-format model (see :mod:`governance.host.runtimes.pickle_policy`)."""
+    ``trust_pickle=True`` allows a pickle-format model (see :mod:`governance.host.runtimes.pickle_policy`).
+    The files go to ``download_dir`` (else a temporary folder the model keeps using; removed if loading fails)."""
+    import shutil
+
     from governance.run.pipeline import load_model
 
-    info = resolve(model_uri, tracking_uri=tracking_uri)
-    return load_model(info, device=device, batch_size=batch_size, host=_host(), trust_pickle=trust_pickle)
+    dst = Path(download_dir) if download_dir else Path(tempfile.mkdtemp(prefix="governance-model-"))
+    try:
+        info = resolve(model_uri, tracking_uri=tracking_uri, download_dir=dst)
+        return load_model(info, device=device, batch_size=batch_size, host=_host(), trust_pickle=trust_pickle)
+    except BaseException:
+        if download_dir is None:
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
 
 
 def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, policy: Any = None,
                  model_card: Any = None, signer: Any = None, signing: Any = None, progress: ProgressFn | None = None,
-                 invocation: str | None = None, workdir: str | Path | None = None, **options: Any) -> Any:
+                 invocation: str | None = None, workdir: str | Path | None = None,
+                 run_tags: dict[str, str] | None = None, **options: Any) -> Any:
     """Explain ``model_uri`` (reusing an identical finished run unless ``force``), build the report in
     ``output_dir/<name>-v<version>/`` (or ``output_dir`` itself when ``subfolder`` is false), log it to the run and
     tag the model version. ``policy`` and ``model_card`` may be paths (RunSpec fields) or in-memory objects;
@@ -113,8 +127,7 @@ def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, po
     writable output folder) is checked before anything is explained or written. Returns a
     :class:`~governance.report.build.ReportResult`."""
     from governance.contract.errors import ReportError
-    from governance.report.build import build_report, check_output_dir, check_report_inputs
-    from governance.report.publish import previous_version_record, publish_report, report_folder_name
+    from governance.report.build import check_output_dir, check_report_inputs
     from governance.report.signing import identity_for
 
     run_spec = _spec(spec, {**options, **{k: v for k, v in (("policy", policy), ("model_card", model_card),
@@ -129,12 +142,43 @@ def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, po
         raise ReportError("a signed report needs its PDF", hint="drop --no-pdf, or do not pass a signing key")
     base = Path(run_spec.output_dir or "governance-reports")
     check_output_dir(base)  # a read-only or full output folder must fail before any MLflow write
-    run = explain(model_uri, spec=run_spec, progress=progress, workdir=workdir,
+    with job_folder(workdir) as folder:
+        return _explain_and_report(model_uri, run_spec, folder, base=base, subfolder=subfolder, card=card,
+                                   policy=policy_obj, signer=signer_rec, signing=signing, progress=progress,
+                                   invocation=invocation, run_tags=run_tags)
+
+
+@contextlib.contextmanager
+def job_folder(workdir: str | Path | None):
+    """The caller's folder, or a temporary one removed afterwards, success or failure (a long-running worker
+    must not keep one folder per job); kept only when results could not be uploaded (the error says where)."""
+    if workdir is not None:
+        yield Path(workdir)
+        return
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="governance-run-"))
+    try:
+        yield tmp
+    except BaseException as exc:
+        if not getattr(exc, "kept_workdir", None):  # results that could not be uploaded stay on disk
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _explain_and_report(model_uri: str, run_spec: Any, workdir: Path, *, base: Path, subfolder: bool, card: Any,
+                        policy: Any, signer: Any, signing: Any, progress: ProgressFn | None, invocation: str | None,
+                        run_tags: dict[str, str] | None) -> Any:
+    from governance.report.build import build_report
+    from governance.report.publish import previous_version_record, publish_report, report_folder_name
+
+    run = explain(model_uri, spec=run_spec, progress=progress, workdir=workdir, run_tags=run_tags,
                   invocation=invocation or f"governance.report({model_uri!r})")
     run.model["previous_version"] = previous_version_record(run.tracking_uri, run.model)
     out = base / report_folder_name(run.model) if subfolder else base
-    result = build_report(run, out_dir=out, model_card=card, policy=policy_obj,
-                          template_dirs=[Path(d) for d in run_spec.template_dirs], signer=signer_rec,
+    result = build_report(run, out_dir=out, model_card=card, policy=policy,
+                          template_dirs=[Path(d) for d in run_spec.template_dirs], signer=signer,
                           signing=signing, pdf=run_spec.pdf)
     result.run_id = run.mlflow_run_id
     if run_spec.log_to_mlflow:

@@ -2,11 +2,6 @@
 SQLite store and asserts the documented exit code, no traceback, a message that names the problem with a
 hint, zero new MLflow runs and zero files left behind (in the working folder, TMPDIR, the output folder,
 the store's folder and the folder of the bad inputs themselves).
-
-Known gap, tracked by ``test_failed_runs_leave_no_pipeline_temp_folder`` (strict xfail): the run pipeline
-still leaves its ``governance-run-*`` / ``governance-model-*`` download folder in TMPDIR when a run fails
-early (issue 20 deliverable 4, the pipeline refactor). Those two prefixes, in TMPDIR only, are the one
-allowance of the file check below.
 """
 
 from __future__ import annotations
@@ -20,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-PIPELINE_TEMP = ("governance-run-", "governance-model-")
 BC = "models:/bc-mlp/1"
 
 
@@ -239,14 +233,6 @@ def _files(roots: list[Path]) -> set[Path]:
     return out
 
 
-def _pipeline_temp(path: Path, tmpdir: Path) -> bool:
-    """Inside one of the run pipeline's own temp folders in TMPDIR (the known gap, see the module docstring)."""
-    try:
-        return path.relative_to(tmpdir).parts[0].startswith(PIPELINE_TEMP)
-    except ValueError:
-        return False
-
-
 def _run_count(registry) -> int:
     from mlflow.entities import ViewType
 
@@ -276,7 +262,7 @@ def _invoke(case, bad, registry, cli_invoke, monkeypatch, tmp_path):
             code, stdout, stderr = cli_invoke(*args)
         after_files, after_runs = _files(roots), _run_count(registry)
     new = sorted(after_files - before_files)
-    return code, stdout, stderr, new, after_runs - before_runs, tmpdir
+    return code, stdout, stderr, new, after_runs - before_runs
 
 
 def test_the_table_has_at_least_50_cases():
@@ -286,7 +272,7 @@ def test_the_table_has_at_least_50_cases():
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case, bad, registry, test_plugins, cli_invoke, monkeypatch, tmp_path):
     name, _, expected_code, needles, _ = case
-    code, out, err, new, new_runs, tmpdir = _invoke(case, bad, registry, cli_invoke, monkeypatch, tmp_path)
+    code, out, err, new, new_runs = _invoke(case, bad, registry, cli_invoke, monkeypatch, tmp_path)
     text = out + err
     assert code == expected_code, (name, out[-2000:], err[-2000:])
     assert "Traceback" not in text, text[-3000:]
@@ -295,15 +281,5 @@ def test_bad_input(case, bad, registry, test_plugins, cli_invoke, monkeypatch, t
         assert needle in (text if verdict else err), (needle, err[-2000:])
     assert "hint:" in err or verdict, err[-1500:]
     assert new_runs == 0, f"{name} left {new_runs} MLflow run(s)"
-    leftovers = [p for p in new if not _pipeline_temp(p, tmpdir)]
-    assert not leftovers, f"{name} left files behind: {leftovers[:10]}"
+    assert not new, f"{name} left files behind: {new[:10]}"
     assert not (bad["root"] / "PAYLOAD-RAN").exists(), "the pickle payload ran"
-
-
-@pytest.mark.xfail(strict=True, reason="issue 20 deliverable 4: the run pipeline keeps its temp download folder "
-                   "when a run fails early (lead's RunSpec refactor); remove the allowance in test_bad_input then")
-def test_failed_runs_leave_no_pipeline_temp_folder(bad, registry, test_plugins, cli_invoke, monkeypatch, tmp_path):
-    case = next(c for c in CASES if c[0] == "data-1e38")
-    code, _, _, new, _, tmpdir = _invoke(case, bad, registry, cli_invoke, monkeypatch, tmp_path)
-    assert code == 5
-    assert not [p for p in new if p.parent == tmpdir], "temp folders left in TMPDIR"

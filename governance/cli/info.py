@@ -114,9 +114,18 @@ def doctor_cmd(tracking_uri: str | None, as_json: bool) -> None:
 def inspect_cmd(model_uri: str, device: str, tracking_uri: str | None, trust_pickle: bool, as_json: bool) -> None:
     """Resolve and load MODEL_URI and show identity, file hashes, signature and what methods can use.
     Pickle-format models are refused unless --trust-pickle: loading one would run its code."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="governance-model-") as tmp:  # the downloaded copy goes afterwards
+        _inspect(model_uri, device, tracking_uri, trust_pickle, as_json, tmp)
+
+
+def _inspect(model_uri: str, device: str, tracking_uri: str | None, trust_pickle: bool, as_json: bool,
+             download_dir: str) -> None:
     from governance.api import load
 
-    model = load(model_uri, device=device, tracking_uri=tracking_uri, trust_pickle=trust_pickle or None)
+    model = load(model_uri, device=device, tracking_uri=tracking_uri, trust_pickle=trust_pickle or None,
+                 download_dir=download_dir)
     model.torch_module()  # builds the torch view (ONNX) so gradient availability is real
     info = model.info.to_dict()
     doc = {"model": info, "runtime": model.describe(check_gradients=True), "layers": model.layer_names()[:200]}

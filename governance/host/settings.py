@@ -34,6 +34,16 @@ from governance.contract.errors import ConfigError
 KNOWN_KEYS = {"tracking_uri", "device", "experiment", "plugins", "report", "trust_pickle"}
 
 
+def state_dir() -> Path:
+    """Where governance keeps state (the service queue, run locks): ``$GOVERNANCE_HOME``, else
+    ``$XDG_STATE_HOME/governance``, else ``~/.local/state/governance``."""
+    home = os.environ.get("GOVERNANCE_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state") / "governance"
+
+
 def config_path() -> Path | None:
     env = os.environ.get("GOVERNANCE_CONFIG")
     if env:

@@ -76,15 +76,49 @@ def report_job(job: Job) -> dict[str, Any]:
     os.environ[TRUST_ENV] = "1" if spec.trust_pickle else "0"
     model_uri = payload["model_uri"]
     check_version_ready(spec.tracking_uri, payload["name"], payload["version"])
+    close_abandoned_runs(spec, job)
     invocation = f"governance job {job.id} ({job.source}: {job.trigger})"
+    tags = {JOB_TAG: job.key, "governance.job_id": str(job.id), "governance.job_attempt": str(job.attempts)}
     if spec.render_report:
         from governance.service.config import state_dir
 
         folder = report_folder_name({"name": payload["name"], "version": payload["version"]})
         root = spec.output_dir or str(state_dir() / "reports")
         spec = spec.replace(output_dir=f"{root}/{folder}/job-{job.id}")
-        return summarise_report(report_model(model_uri, spec=spec, subfolder=False, invocation=invocation))
-    return summarise_run(explain(model_uri, spec=spec, invocation=invocation))
+        return summarise_report(report_model(model_uri, spec=spec, subfolder=False, invocation=invocation,
+                                             run_tags=tags))
+    from governance.api import job_folder
+
+    with job_folder(None) as workdir:
+        return summarise_run(explain(model_uri, spec=spec, invocation=invocation, workdir=workdir, run_tags=tags))
+
+
+#: run tag naming the job (its idempotency key) whose attempt made the run
+JOB_TAG = "governance.job_key"
+
+
+def close_abandoned_runs(spec: Any, job: Job) -> list[str]:
+    """An earlier attempt of this job whose worker was killed left its MLflow run RUNNING: only one attempt of
+    a job runs at a time (the queue's lease), so any RUNNING run tagged with this job is dead. Mark it KILLED
+    with the reason, before this attempt starts its own. Returns the closed run ids."""
+    from governance.host.tracking import client, resolve_tracking_uri
+
+    mlflow = client(resolve_tracking_uri(spec.tracking_uri))
+    exp = mlflow.get_experiment_by_name(spec.experiment)
+    if exp is None:
+        return []
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{JOB_TAG}` = '{job.key}' and "
+                              "attributes.status = 'RUNNING'", max_results=100)
+    closed = []
+    for run in runs:
+        reason = (f"job {job.id} attempt {run.data.tags.get('governance.job_attempt', '?')} did not finish "
+                  f"(its worker was stopped or killed); attempt {job.attempts} took over")
+        mlflow.set_tag(run.info.run_id, "governance.status", "killed")
+        mlflow.set_tag(run.info.run_id, "governance.killed_reason", reason)
+        mlflow.set_terminated(run.info.run_id, status="KILLED")
+        log.warning("closed MLflow run %s: %s", run.info.run_id, reason)
+        closed.append(run.info.run_id)
+    return closed
 
 
 def summarise_run(run: Any) -> dict[str, Any]:
