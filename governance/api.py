@@ -97,10 +97,12 @@ def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: st
 
 
 def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None,
-         trust_pickle: bool | None = None, download_dir: str | Path | None = None):
+         output: str | None = None, task: str | None = None, trust_pickle: bool | None = None,
+         download_dir: str | Path | None = None):
     """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view.
-    ``trust_pickle=True`` allows a pickle-format model (see :mod:`governance.host.runtimes.pickle_policy`).
-    The files go to ``download_dir`` (else a temporary folder the model keeps using; removed if loading fails)."""
+    ``output`` names the graph output to explain, ``task`` overrides the detected task; ``trust_pickle=True``
+    allows a pickle-format model (see :mod:`governance.host.runtimes.pickle_policy`). The files go to
+    ``download_dir`` (else a temporary folder the model keeps using; removed if loading fails)."""
     import shutil
 
     from governance.run.pipeline import load_model
@@ -108,7 +110,8 @@ def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = Non
     dst = Path(download_dir) if download_dir else Path(tempfile.mkdtemp(prefix="governance-model-"))
     try:
         info = resolve(model_uri, tracking_uri=tracking_uri, download_dir=dst)
-        return load_model(info, device=device, batch_size=batch_size, host=_host(), trust_pickle=trust_pickle)
+        return load_model(info, device=device, batch_size=batch_size, host=_host(), output=output, task=task,
+                          trust_pickle=trust_pickle)
     except BaseException:
         if download_dir is None:
             shutil.rmtree(dst, ignore_errors=True)

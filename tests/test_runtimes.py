@@ -104,3 +104,54 @@ def test_tabular_mlp_onnx_parameters_match_torch(tmp_path):
     torch_params = {k: v.detach().numpy() for k, v in mlp.state_dict().items()}
     assert any(np.allclose(v, torch_params["0.weight"]) or np.allclose(v.T, torch_params["0.weight"])
                for v in params.values())
+
+
+def test_relative_parity_cannot_pass_on_zero_output():
+    from governance.host.runtimes.parity import relative_parity
+
+    ref = np.full((3, 4), 1e-4)
+    assert not relative_parity(np.zeros_like(ref), ref).ok  # absolute 1e-4 would have passed
+    assert relative_parity(ref * (1 + 1e-6), ref).ok
+    zero = relative_parity(np.zeros((2, 2)), np.zeros((2, 2)))
+    assert not zero.ok and "all zero" in zero.problem
+
+
+def test_view_is_pruned_to_the_chosen_output(tmp_path):
+    """An unsupported node that feeds only an output the tool ignores does not cost the gradient view."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from governance.host.runtimes.onnx_model import OnnxModel
+
+    w = helper.make_tensor("W", TensorProto.FLOAT, [4, 3], np.arange(12, dtype=np.float32).tolist())
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["scores"]),
+             helper.make_node("Hardmax", ["scores"], ["hard"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("hard", TensorProto.FLOAT, [None, 3]),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 3])], [w])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = OnnxModel.from_path(path, output="scores")
+    assert model.torch_module() is not None, model.torch_unavailable_reason
+    hard = OnnxModel.from_path(path, output="hard")
+    assert hard.torch_module() is None and "Hardmax" in hard.torch_unavailable_reason
+
+
+def test_fixed_batch_numpy_and_torch_chunks_match_the_batched_call():
+    from governance.host.runtimes.batching import run_numpy, run_torch
+
+    calls = []
+
+    def f(x):
+        calls.append(len(x))
+        assert len(x) == 2
+        return x * 3.0
+
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    np.testing.assert_array_equal(run_numpy(f, x, 2), x * 3.0)
+    assert calls == [2, 2, 2]
+    t = torch.from_numpy(x).requires_grad_(True)
+    out = run_torch(lambda c: c * 3.0, t, 2)
+    np.testing.assert_array_equal(out.detach().numpy(), x * 3.0)  # 5 rows back, padding dropped
+    out.sum().backward()
+    np.testing.assert_array_equal(t.grad.numpy(), np.full_like(x, 3.0))  # padding rows add no gradient

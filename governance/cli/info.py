@@ -86,6 +86,7 @@ def doctor_cmd(tracking_uri: str | None, as_json: bool) -> None:
         problems.append("both onnxruntime and onnxruntime-gpu are installed: CUDA is silently unavailable; "
                         "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`")
     report["problems"] = problems
+    report["tabular_flavors"] = _tabular_flavors(pkgs)
     if as_json:
         echo_json(report)
     else:
@@ -93,6 +94,7 @@ def doctor_cmd(tracking_uri: str | None, as_json: bool) -> None:
         for name in ("mlflow", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "captum", "weasyprint"):
             if pkgs.get(name):
                 click.echo(f"  {name:<16} {pkgs[name]}")
+        click.echo(f"  tabular flavors  {report['tabular_flavors']}")
         click.echo(f"  torch CUDA       {'yes: ' + ', '.join(report.get('cuda_devices', [])) if report.get('torch_cuda_available') else 'no'}")
         click.echo(f"  ORT providers    {', '.join(report.get('onnxruntime_providers', []))}")
         click.echo(f"  tracking store   {uri}  {'reachable' if store['reachable'] else 'NOT reachable'}")
@@ -104,28 +106,44 @@ def doctor_cmd(tracking_uri: str | None, as_json: bool) -> None:
     sys.exit(1 if problems else 0)
 
 
+def _tabular_flavors(pkgs: dict) -> str:
+    """What happens to sklearn/lightgbm/xgboost models with the packages installed here."""
+    from governance.host.runtimes.sklearn_model import EXTRA_HINT
+
+    if pkgs.get("skl2onnx") and pkgs.get("onnxmltools"):
+        boosters = ", ".join(f"{n} {pkgs[n]}" for n in ("lightgbm", "xgboost") if pkgs.get(n)) or "none installed"
+        return (f"sklearn, lightgbm, xgboost converted to ONNX (skl2onnx {pkgs['skl2onnx']}, onnxmltools "
+                f"{pkgs['onnxmltools']}; boosting libraries: {boosters})")
+    return f"sklearn, lightgbm, xgboost run forward-only through their own predict ({EXTRA_HINT} converts them)"
+
+
 @click.command("inspect")
 @click.argument("model_uri")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--output", metavar="NAME", help="The model output to explain (default: chosen automatically).")
+@click.option("--task", type=click.Choice(["auto", "classification", "regression"]), default="auto",
+              show_default=True)
 @tracking_option
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickle-format model: loading it runs any code its author "
               "put into it (see README, 'Pickle-format models').")
 @json_option
-def inspect_cmd(model_uri: str, device: str, tracking_uri: str | None, trust_pickle: bool, as_json: bool) -> None:
+def inspect_cmd(model_uri: str, device: str, output: str | None, task: str, tracking_uri: str | None,
+                trust_pickle: bool, as_json: bool) -> None:
     """Resolve and load MODEL_URI and show identity, file hashes, signature and what methods can use.
     Pickle-format models are refused unless --trust-pickle: loading one would run its code."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="governance-model-") as tmp:  # the downloaded copy goes afterwards
-        _inspect(model_uri, device, tracking_uri, trust_pickle, as_json, tmp)
+        _inspect(model_uri, device, output, None if task == "auto" else task, tracking_uri, trust_pickle,
+                 as_json, tmp)
 
 
-def _inspect(model_uri: str, device: str, tracking_uri: str | None, trust_pickle: bool, as_json: bool,
-             download_dir: str) -> None:
+def _inspect(model_uri: str, device: str, output: str | None, task: str | None, tracking_uri: str | None,
+             trust_pickle: bool, as_json: bool, download_dir: str) -> None:
     from governance.api import load
 
-    model = load(model_uri, device=device, tracking_uri=tracking_uri, trust_pickle=trust_pickle or None,
-                 download_dir=download_dir)
+    model = load(model_uri, device=device, tracking_uri=tracking_uri, output=output, task=task,
+                 trust_pickle=trust_pickle or None, download_dir=download_dir)
     model.torch_module()  # builds the torch view (ONNX) so gradient availability is real
     info = model.info.to_dict()
     doc = {"model": info, "runtime": model.describe(check_gradients=True), "layers": model.layer_names()[:200]}
@@ -140,6 +158,12 @@ def _inspect(model_uri: str, device: str, tracking_uri: str | None, trust_pickle
     rt = doc["runtime"]
     click.echo(f"  runtime      {rt['runtime']} on {rt['device']}; input {rt['input']['shape']} {rt['input']['dtype']}; "
                f"output {rt['output']['shape']}")
+    sel = rt.get("output_selection") or {}
+    if sel:
+        click.echo(f"  explained    output '{sel['name']}': {sel['reason']}")
+    click.echo(f"  task         {rt['task']} ({rt['task_reason']})")
+    for note in rt.get("notes") or []:
+        click.echo(f"  note         {note}")
     click.echo(f"  gradients    {'yes' if rt['gradients'] else 'no: ' + str(rt['torch_unavailable_reason'])}"
                + (f" (torch view vs ORT max |Δ| {rt['parity_max_abs_diff']:.2e})" if rt.get("parity_max_abs_diff") is not None else ""))
     click.echo(f"  sha256       {info['content_sha256']}")

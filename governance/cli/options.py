@@ -14,6 +14,7 @@ _TYPES: dict[str, Any] = {
     "int>=0": click.IntRange(0),
     "int>=1": click.IntRange(1),
     "device": click.Choice(["auto", "cpu", "cuda"]),
+    "task": click.Choice(["auto", "classification", "regression"]),
 }
 #: options whose value names an existing file or folder (checked by click: exit code 2)
 _PATHS = {

@@ -61,10 +61,12 @@ def load_model(info: "ModelVersionInfo", options: dict[str, Any]) -> "LoadedMode
     """Load a resolved model version, or return ``None`` when this plugin does not handle its flavor.
 
     ``info.flavors`` lists the MLflow flavors in the model's ``MLmodel`` file and ``info.local_path`` the
-    downloaded files. ``options`` holds ``device`` (``"auto" | "cpu" | "cuda"``) and ``batch_size``
-    (an int or ``None``), and ``trust_pickle: True`` only when the user opted in to pickle-format models
-    (``--trust-pickle``): a loader that would unpickle must otherwise refuse (see the README, "Pickle-format
-    models").
+    downloaded files. ``options`` holds ``device`` (``"auto" | "cpu" | "cuda"``), ``batch_size`` (an int or
+    ``None``), ``output`` (the name of the model output to explain, ``--output``; ``None``: the loader chooses, e.g. the probabilities of a converted classifier rather
+    than its label) and ``task`` (``"classification" | "regression"``, ``--task``; ``None``: detect it
+    and set ``LoadedModel.task``/``task_reason``), and ``trust_pickle: True`` only when the user opted in to
+    pickle-format models (``--trust-pickle``): a loader that would unpickle must refuse otherwise (README,
+    "Pickle-format models"). Keys may be added; ignore the ones you do not know.
 
     Stops at the first non-None result; plugins registered later are called first, so a third-party
     loader can take over a flavor from the built-in one.

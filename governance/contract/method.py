@@ -70,7 +70,9 @@ class Method(abc.ABC):
                 why = model.torch_unavailable_reason or "the model has no torch view"
                 return f"needs gradients or hidden activations, but {why}"
         if Requirement.PARAMETERS in cls.requires and not model.parameters():
-            return "needs the model's weights, which this runtime does not expose"
+            why = getattr(model, "no_parameters_reason", None)
+            return f"needs the model's weights, but {why}" if why else \
+                "needs the model's weights, which this runtime does not expose"
         if Requirement.LABELS in cls.requires and data.y is None:
             return "needs labels in the dataset (pass --data with a 'y' array or a target column)"
         return None

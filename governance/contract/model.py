@@ -95,6 +95,19 @@ class LoadedModel(abc.ABC):
     torch_unavailable_reason: str | None = None
     parity_max_abs_diff: float | None = None  # ORT vs torch view on a probe batch, when both exist
     details: dict[str, Any]
+    #: "classification" (outputs are class scores) or "regression" (the output is the predicted value),
+    #: with the evidence it was decided on (``--task`` overrides).
+    task: str = "classification"
+    task_reason: str = "default"
+    #: the output the methods explain and why (graphs with several outputs), see runtimes/outputs.py
+    output_choice: dict[str, Any] | None = None
+    #: why ``parameters()`` is empty although the runtime can read weights (e.g. a tree ensemble)
+    no_parameters_reason: str | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """Caveats the report lists (fixed batch cost, converted graphs, native fallbacks); append to it."""
+        return self.__dict__.setdefault("_notes", [])
 
     # ----------------------------------------------------------------------------------- forward
     @abc.abstractmethod
@@ -160,6 +173,11 @@ class LoadedModel(abc.ABC):
         return int(np.prod([s for s in shape if s is not None])) if shape else 1
 
     @property
+    def is_regression(self) -> bool:
+        """True when the output is a predicted value, not class scores: class-attribution methods skip."""
+        return self.task == "regression"
+
+    @property
     def outputs_score_vector(self) -> bool:
         """True when one sample's output is a vector (one score per class): the shape that class-attribution
         methods explain. False for e.g. per-pixel outputs."""
@@ -183,5 +201,9 @@ class LoadedModel(abc.ABC):
             "gradients": self.has_gradients if known else None,
             "torch_unavailable_reason": self.torch_unavailable_reason,
             "parity_max_abs_diff": self.parity_max_abs_diff,
+            "task": self.task,
+            "task_reason": self.task_reason,
+            "output_selection": self.output_choice,
+            "notes": list(self.notes),
             **getattr(self, "details", {}),
         }

@@ -9,7 +9,8 @@ import sys
 from typing import Any
 
 PACKAGES = ("governance", "mlflow", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "scipy",
-            "captum", "pluggy", "weasyprint", "jinja2", "scikit-learn")
+            "captum", "pluggy", "weasyprint", "jinja2", "scikit-learn", "skl2onnx", "onnxmltools", "lightgbm",
+            "xgboost")
 
 
 def package_versions() -> dict[str, str | None]:

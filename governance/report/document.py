@@ -178,6 +178,8 @@ def _limitations(run: Mapping[str, Any], explanations: list[dict[str, Any]], hum
     if runtime.get("parity_max_abs_diff") is not None:
         notes.append("Gradients were computed on a torch view of the ONNX model; its outputs differed from "
                      f"ONNX Runtime by at most {runtime['parity_max_abs_diff']:.3g} on a probe batch.")
+    for note in runtime.get("notes") or []:
+        notes.append(f"Runtime: {note}")
     for note in (run.get("data") or {}).get("notes") or []:
         notes.append(f"Data: {note}")
     plugins_failed = [

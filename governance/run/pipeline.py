@@ -26,26 +26,27 @@ from governance.contract.results import Explanation, RunResult, jsonable
 from governance.run.execute import MethodInputs, PlannedMethod, ProgressFn, plan_methods, run_methods
 from governance.run.spec import RunSpec
 
-log = logging.getLogger("governance.pipeline")
+log = logging.getLogger("governance.run.pipeline")
 
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def load_model(info: Any, *, device: str, batch_size: int | None, host: Any, trust_pickle: bool | None = None) -> Any:
+def load_model(info: Any, *, device: str, batch_size: int | None, host: Any, output: str | None = None,
+               task: str | None = None, trust_pickle: bool | None = None) -> Any:
     """Ask the ``load_model`` hook for a runtime; a clear error when no plugin can load the flavor.
     ``trust_pickle=True`` is an explicit opt-in to pickle-format models (None: the environment and settings
     decide, see :mod:`governance.host.runtimes.pickle_policy`)."""
-    options = {"device": device, "batch_size": batch_size}
+    options = {"device": device, "batch_size": batch_size, "output": output, "task": task}
     if trust_pickle is not None:
         options["trust_pickle"] = trust_pickle
     model = host.hook.load_model(info=info, options=options)
     if model is None:
         raise ModelLoadError(
             f"no installed plugin can load {info.display_name} (flavors: {', '.join(info.flavors) or 'none'})",
-            hint="governance loads the onnx and pytorch flavors; log the model with mlflow.onnx or mlflow.pytorch, "
-            "or install a plugin that implements load_model for this flavor",
+            hint="governance loads the onnx, pytorch, sklearn, lightgbm and xgboost flavors; log the model with "
+            "one of those, or install a plugin that implements load_model for this flavor",
         )
     return model
 
@@ -55,13 +56,23 @@ def config_hash(payload: dict[str, Any]) -> str:
 
 
 def evaluate_performance(model: Any, data: Any) -> dict[str, Any]:
-    """Accuracy (classifiers) or RMSE/R² (regressors) on the labelled data, when there are labels."""
+    """Accuracy (classifiers) or RMSE/R² (regressors, ``model.task``) on the labelled data, when there are
+    labels; computed on the output the methods explain (``output`` names it)."""
     if data.y is None:
         return {}
     out = model.predict(data.X)
     y = np.asarray(data.y)
-    res: dict[str, Any] = {"n": int(len(y)), "on": data.source}
-    if out.ndim == 2 and out.shape[1] > 1 and np.issubdtype(y.dtype, np.integer):
+    res: dict[str, Any] = {"n": int(len(y)), "on": data.source, "task": getattr(model, "task", None),
+                           "output": model.output_spec.name}
+    flat = out.reshape(len(y), -1)
+    if getattr(model, "task", "classification") == "classification" and flat.shape[1] == 1:
+        # one binary score: a probability after a sigmoid (class 1 above 0.5), else a logit (above 0)
+        sigmoid = "sigmoid" in str(getattr(model, "task_reason", ""))
+        flat = np.concatenate([1 - flat, flat] if sigmoid else [-flat, flat], axis=1)
+    is_labels = np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                       and np.all(np.mod(y, 1) == 0))
+    if getattr(model, "task", "classification") == "classification" and flat.shape[1] > 1 and is_labels:
+        out, y = flat, y.astype(np.int64)
         pred = out.argmax(1)
         res["accuracy"] = float((pred == y).mean())
         classes = np.unique(y)
@@ -95,6 +106,8 @@ class Prepared:
             "seed": spec.seed,
             "max_samples": spec.max_samples,
             "device": spec.device,
+            **({"output": spec.output} if spec.output else {}),
+            **({"task": spec.task} if spec.task else {}),
             "data": {"source": self.data.source, "sha256": self.data.sha256, "n": len(self.data)},
             "peers": self.peer_infos,
         }
@@ -134,8 +147,8 @@ class Pipeline:
         self.progress("", 0.0, f"resolving {self.model_uri}")
         info = resolve(self.model_uri, tracking_uri=self.tracking_uri, download_dir=self.workdir / "_model")
         self.progress("", 0.0, f"loading {info.display_name}")
-        model = load_model(info, device=spec.device, batch_size=spec.batch_size, host=self.host,
-                           trust_pickle=spec.trust_pickle or None)
+        model = load_model(info, device=spec.device, batch_size=spec.batch_size, host=self.host, output=spec.output,
+                           task=spec.task, trust_pickle=spec.trust_pickle or None)
         data_all = load_dataset(spec.data, model, target=spec.target, tracking_uri=self.tracking_uri,
                                 download_dir=self.workdir / "_data")
         rng = np.random.default_rng(spec.seed)
@@ -172,6 +185,7 @@ class Pipeline:
         for k, uri in enumerate(uris):
             pinfo = resolve(uri, tracking_uri=self.tracking_uri, download_dir=self.workdir / "_model" / f"peer{k}")
             peers.append(load_model(pinfo, device=self.spec.device, batch_size=self.spec.batch_size, host=self.host,
+                                    output=self.spec.output, task=self.spec.task,
                                     trust_pickle=self.spec.trust_pickle or None))
             infos.append({"uri": uri, "name": pinfo.name, "version": pinfo.version,
                           "content_sha256": pinfo.content_sha256})

@@ -92,6 +92,13 @@ class RunSpec:
                                            "(default 512).", click={"type": "int>=1"}))
     batch_size: int | None = _opt(None, CliOption(("--batch-size",), "Rows per forward pass (default: the "
                                                   "runtime's).", click={"type": "int>=1"}))
+    output: str | None = _opt(None, CliOption(
+        ("--output",), "The model output to explain (default: chosen by name, type and shape, e.g. the "
+        "probabilities of a converted classifier rather than its label; see `governance inspect`).",
+        metavar="NAME"))
+    task: str | None = _opt(None, CliOption(
+        ("--task",), "classification or regression (default: detected; one float output is a regressor, so a "
+        "model with a single binary logit needs --task classification).", click={"type": "task"}))
     # --- where it is logged --------------------------------------------------------------------------------
     tracking_uri: str | None = _opt(None, CliOption(
         ("--tracking-uri",), "MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db].",
@@ -159,6 +166,10 @@ class RunSpec:
             raise ConfigError("method settings must map method names to settings",
                               hint="e.g. config={'neflag': {'n_samples': 8}}")
         object.__setattr__(self, "method_config", {str(k): dict(v) for k, v in self.method_config.items()})
+        if self.task == "auto":
+            object.__setattr__(self, "task", None)
+        if self.task not in (None, "classification", "regression"):
+            raise ConfigError(f"unknown task {self.task!r}", hint="use classification or regression (or leave it out)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown device {self.device!r}", hint="use auto, cpu or cuda")
         for name, low in (("max_samples", 1), ("seed", None), ("max_peers", 0), ("batch_size", 1)):

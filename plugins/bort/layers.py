@@ -125,7 +125,7 @@ def roles_from_onnx(path: Any) -> dict[str, Role]:
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
     roles: dict[str, Role] = {}
-    for node in proto.graph.node:
+    for k, node in enumerate(proto.graph.node):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         ins = list(node.input)
         if node.op_type == "Conv" and len(ins) > 1 and ins[1] in inits:
@@ -137,6 +137,8 @@ def roles_from_onnx(path: Any) -> dict[str, Role]:
             roles[ins[1]] = Role("linear", transpose=not bool(attrs.get("transB", 0)))
         elif node.op_type == "MatMul" and len(ins) > 1 and ins[1] in inits and ins[0] not in inits:
             roles[ins[1]] = Role("linear", transpose=True)
+        elif node.op_type in ("LinearClassifier", "LinearRegressor"):  # weights in node attributes
+            roles[f"{node.name or f'{node.op_type}_{k}'}/coefficients"] = Role("linear")
     return roles
 
 

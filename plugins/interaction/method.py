@@ -114,6 +114,9 @@ class InteractionMethod(Method):
         why = super().can_explain(model=model, data=data)
         if why:
             return why
+        if getattr(model, "task", "classification") == "regression":
+            return (f"explains a classifier's class log-odds, but the model is a regressor ({model.task_reason}); "
+                    "pass --task classification if its one output is a binary logit")
         if len(data) == 0:
             return "the dataset has no samples"
         if data.modality == "image" and len(data.sample_shape) not in (2, 3):

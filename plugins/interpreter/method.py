@@ -96,6 +96,9 @@ class FlintMethod(Method):
         why = super().can_explain(model=model, data=data)
         if why:
             return why
+        if getattr(model, "task", "classification") == "regression":
+            return (f"FLINT explains classifiers, but the model is a regressor ({model.task_reason}); pass "
+                    "--task classification if its one output is a binary logit")
         if not model.outputs_score_vector:
             return ("explains classifiers with one score per class, but the model's output has shape "
                     f"{list(model.output_spec.sample_shape)}")

@@ -95,6 +95,9 @@ class NeflagMethod(Method):
         reason = super().can_explain(model=model, data=data)
         if reason:
             return reason
+        if getattr(model, "task", "classification") == "regression":
+            return (f"explains class scores, but the model is a regressor ({model.task_reason}); pass "
+                    "--task classification if its one output is a binary logit")
         if not model.outputs_score_vector:
             return (f"explains one class score per input, but the model's outputs have shape "
                     f"{tuple(model.output_spec.sample_shape)} (not a vector of class scores)")

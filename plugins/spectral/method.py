@@ -160,6 +160,9 @@ class SpectralSurrogate(Method):
         Raises MethodError when the index set is too large for the configured limit."""
         cfg: SpectralConfig = ctx.config  # type: ignore[assignment]
         model, data = ctx.model, ctx.data
+        if getattr(model, "task", "classification") == "regression" and cfg.output != "logit":
+            raise MethodError(f"output='{cfg.output}' applies a sigmoid/softmax, which means nothing for a regressor",
+                              hint="use output='logit' (the raw predicted value) for a regression model")
         sample_shape = tuple(data.sample_shape)
         X = np.asarray(data.X, dtype=np.float64).reshape(len(data), -1)
         if not np.all(np.isfinite(X)):
@@ -514,7 +517,8 @@ class SpectralSurrogate(Method):
             "basis": cfg.basis, "symbol": B.SYMBOL[cfg.basis], "measure": measure, "degree": p, "interaction_order": q,
             "n_inputs": d, "n_terms": L, "coefficient_method": fit.method, "quadrature_nodes": fit.nodes,
             "n_evaluations_fit": fit.n_evaluations, "n_evaluations": n_eval_total, "screen_evaluations": screen_evals,
-            "ridge": fit.ridge, "sparsify": cfg.sparsify, "output": cfg.output,
+            "ridge": fit.ridge, "sparsify": cfg.sparsify,
+            "output": "the predicted value (regression)" if getattr(ctx.model, "task", "") == "regression" else cfg.output,
             "reduction": {"kind": reduction.kind, "label": REDUCTION_LABELS[reduction.kind], "note": reduction.note,
                           "n_coordinates": d,
                           **{k: v for k, v in reduction.details.items() if k != "screen_scores"}},

@@ -417,11 +417,18 @@ def test_onnx_model_without_torch_view_is_skipped_with_reason(tmp_path):
     from governance.host.runtimes.onnx_model import OnnxModel
     from governance.testing.models import export_onnx
 
-    net = nn.Sequential(nn.Linear(4, 8), nn.Softplus(), nn.Linear(8, 3)).eval()  # Softplus: no torch view op
-    model = OnnxModel.from_path(export_onnx(net, (4,), tmp_path / "m.onnx"))
+    class CumNet(nn.Module):  # CumSum: no torch view op
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), dim=1))
+
+    model = OnnxModel.from_path(export_onnx(CumNet().eval(), (4,), tmp_path / "m.onnx"))
     data = Dataset(X=np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32))
     why = FlintMethod.can_explain(model=model, data=data)
-    assert why and "torch view" in why and "Softplus" in why
+    assert why and "torch view" in why and "CumSum" in why
 
 
 def test_unknown_layer_lists_available_layers(digits, tmp_path):

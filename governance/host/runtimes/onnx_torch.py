@@ -3,84 +3,219 @@
 Why our own and not onnx2torch: onnx2torch (last release Aug 2024) imports torchvision eagerly, which has
 no CPU build that matches current torch wheels, and it has no converter for the Reshape-19 nodes that
 torch 2.13's default exporter writes. This module interprets the graph node by node with torch
-functions; weights become parameters, so input gradients and every intermediate tensor are available.
-Unsupported operators are reported up front (:func:`unsupported_ops`) so the caller can fall back to
-forward-only mode with a precise reason.
+functions (operators in :mod:`onnx_ops` and :mod:`onnx_ml_ops`); weights become parameters, so input
+gradients and every intermediate tensor are available.
+
+The graph is first pruned to the nodes the chosen output needs, then checked up front: an operator
+without a torch equivalent here, an attribute value outside an operator's documented limits, or a tensor
+type torch cannot hold makes :func:`build_torch_view` raise :class:`Unsupported` with every reason, so the
+caller falls back to forward-only mode with a precise message. What the view claims is measured against
+the ONNX project's own backend node tests (tests/test_onnx_backend_coverage.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-_OPS: dict[str, Callable[..., Any]] = {}
+from governance.host.runtimes.onnx_registry import OPS, NodeInfo, Unsupported, op_key, torch_dtype
+
+__all__ = ["Unsupported", "GraphProgram", "build_torch_view", "prune", "unsupported_ops", "support_problems",
+           "supported_operators"]
 
 
-def _op(*names: str):
-    def deco(fn):
-        for n in names:
-            _OPS[n] = fn
-        return fn
-
-    return deco
+def _load_ops() -> None:
+    from governance.host.runtimes import onnx_ml_ops, onnx_ops  # noqa: F401 - registers the operators
 
 
-def unsupported_ops(model: Any) -> list[str]:
-    """Operator types in ``model`` (an onnx.ModelProto) that this view cannot run."""
-    return sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type not in _OPS}
-                  | {f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+def supported_operators() -> list[str]:
+    """Every operator the view implements (``domain::Op`` outside the default domain)."""
+    _load_ops()
+    return sorted(op if not d else f"{d}::{op}" for d, op in OPS)
 
 
-def build_torch_view(model: Any) -> Any:
-    """Return a ``torch.nn.Module`` computing ``model``'s first output. Raises ValueError if unsupported."""
+def prune(graph: Any, outputs: Sequence[str]) -> list[Any]:
+    """The nodes of ``graph`` that ``outputs`` depend on, in graph order."""
+    producer = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
+    needed: set[int] = set()
+    stack = [producer[o] for o in outputs if o in producer]
+    while stack:
+        k = stack.pop()
+        if k in needed:
+            continue
+        needed.add(k)
+        stack.extend(producer[i] for i in graph.node[k].input if i in producer)
+    return [n for k, n in enumerate(graph.node) if k in needed]
+
+
+def _opsets(model: Any) -> dict[str, int]:
+    return {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in model.opset_import}
+
+
+def _value_types(model: Any) -> dict[str, int]:
+    """ONNX element type per tensor name (inputs, outputs, initializers, inferred intermediates); names
+    whose value is not a tensor map to 0."""
     import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        graph = inferred.graph
+    except Exception:
+        graph = model.graph
+    types: dict[str, int] = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        kind = vi.type.WhichOneof("value")
+        types[vi.name] = vi.type.tensor_type.elem_type if kind == "tensor_type" else 0
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+@dataclass
+class _Compiled:
+    node: Any
+    name: str
+    fn: Callable[..., Any]
+    attrs: dict[str, Any]
+
+
+def support_problems(model: Any, outputs: Sequence[str] | None = None) -> list[str]:
+    """Why the view cannot run the part of ``model`` that ``outputs`` need (empty when it can)."""
+    _load_ops()
+    outputs = list(outputs or [o.name for o in model.graph.output])
+    nodes = prune(model.graph, outputs)
+    opsets = _opsets(model)
+    types = _value_types(model)
+    problems: dict[str, None] = {}
+    missing: dict[str, None] = {}
+    for n in nodes:
+        key = op_key(n.domain, n.op_type)
+        spec = OPS.get(key)
+        if spec is None:
+            missing[_display(n)] = None
+            continue
+        info = NodeInfo.of(n, opsets, types)
+        why = spec.refuse(info)
+        if why:
+            problems[f"{n.op_type} ({n.name or 'unnamed'}): {why}"] = None
+    names = {i for n in nodes for i in n.input if i} | set(outputs)
+    for name in sorted(names):
+        if name in types and types[name] != 0 and torch_dtype(types[name]) is None:
+            import onnx
+
+            tname = onnx.TensorProto.DataType.Name(types[name]).lower()
+            problems[f"tensor '{name}' has type {tname}, which the torch view does not hold"] = None
+        elif name in types and types[name] == 0 and not _zipmap_output(nodes, name):
+            problems[f"value '{name}' is not a tensor (sequence, map or optional)"] = None
+    out = []
+    if missing:
+        out.append(f"operators without a torch equivalent here: {', '.join(missing)}")
+    out.extend(problems)
+    return out
+
+
+def _display(node: Any) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+def _zipmap_output(nodes: Iterable[Any], name: str) -> bool:
+    """ZipMap's sequence-of-maps output is represented by its input tensor in the view."""
+    return any(n.op_type == "ZipMap" and name in n.output for n in nodes)
+
+
+def unsupported_ops(model: Any, outputs: Sequence[str] | None = None) -> list[str]:
+    """Operator types in ``model`` (restricted to what ``outputs`` need) that this view cannot run."""
+    _load_ops()
+    outputs = list(outputs or [o.name for o in model.graph.output])
+    return sorted({_display(n) for n in prune(model.graph, outputs) if op_key(n.domain, n.op_type) not in OPS})
+
+
+class GraphProgram:
+    """The pruned, checked node list of an ONNX graph, run on a dict of torch values."""
+
+    def __init__(self, model: Any, outputs: Sequence[str] | None = None) -> None:
+        import onnx
+
+        _load_ops()
+        problems = support_problems(model, outputs)
+        if problems:
+            raise Unsupported("; ".join(problems))
+        self.outputs = list(outputs or [o.name for o in model.graph.output])
+        opsets = _opsets(model)
+        types = _value_types(model)
+        self.nodes: list[_Compiled] = []
+        for k, n in enumerate(prune(model.graph, self.outputs)):
+            info = NodeInfo.of(n, opsets, types)
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            attrs["__info__"] = info
+            self.nodes.append(_Compiled(n, n.name or f"{n.op_type}_{k}", OPS[op_key(n.domain, n.op_type)].fn, attrs))
+
+    def run(self, env: dict[str, Any], record: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Execute every node; returns (values by tensor name, recorded node outputs by node name)."""
+        wanted = set(record)
+        acts: dict[str, Any] = {}
+        for c in self.nodes:
+            ins = [env[i] if i else None for i in c.node.input]
+            outs = c.fn(ins, c.attrs)
+            if not isinstance(outs, (tuple, list)):
+                outs = (outs,)
+            for oname, val in zip(c.node.output, outs):
+                if oname:
+                    env[oname] = val
+            if c.name in wanted:
+                acts[c.name] = outs[0]
+        return env, acts
+
+
+def build_torch_view(model: Any, output: str | None = None) -> Any:
+    """A ``torch.nn.Module`` computing ``model``'s ``output`` (default: the first graph output) from its
+    first non-initializer input. Raises :class:`Unsupported` naming every reason it cannot."""
     import torch
     from onnx import numpy_helper
 
-    bad = unsupported_ops(model)
-    if bad:
-        raise ValueError(f"operators without a torch equivalent here: {', '.join(bad)}")
+    g = model.graph
+    output = output or g.output[0].name
+    program = GraphProgram(model, [output])
 
     class _View(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            g = model.graph
             self._const: dict[str, Any] = {}
             self._param_names: dict[str, str] = {}
             for i, init in enumerate(g.initializer):
-                arr = numpy_helper.to_array(init)
-                t = torch.from_numpy(np.array(arr))
-                key = f"p{i}"
+                t = torch.from_numpy(np.array(numpy_helper.to_array(init)))
                 if t.is_floating_point():
-                    self.register_parameter(key, torch.nn.Parameter(t.float(), requires_grad=False))
-                    self._param_names[init.name] = key
+                    self.register_parameter(f"p{i}", torch.nn.Parameter(t, requires_grad=False))
+                    self._param_names[init.name] = f"p{i}"
                 else:
                     self._const[init.name] = t
-            self.initializer_names = {init.name for init in g.initializer}
-            self.input_names = [i.name for i in g.input if i.name not in self.initializer_names]
-            self.output_names = [o.name for o in g.output]
-            self.nodes = list(g.node)
-            self.node_names = [n.name or f"{n.op_type}_{k}" for k, n in enumerate(self.nodes)]
-            self.attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in self.nodes]
+            initializers = {init.name for init in g.initializer}
+            self.input_names = [i.name for i in g.input if i.name not in initializers]
+            self.output_name = output
+            self.program = program
+            self.node_names = [c.name for c in program.nodes]
+            self._attribute_weights()
+
+        def _attribute_weights(self) -> None:
+            """Coefficients that ai.onnx.ml linear operators hold in attributes become parameters too."""
+            from governance.host.runtimes.onnx_ml_ops import linear_weights
+
+            for k, c in enumerate(self.program.nodes):
+                if c.node.op_type in ("LinearClassifier", "LinearRegressor"):
+                    w, b = linear_weights(c.attrs)
+                    self.register_parameter(f"ml{k}_w", torch.nn.Parameter(w, requires_grad=False))
+                    self.register_parameter(f"ml{k}_b", torch.nn.Parameter(b, requires_grad=False))
+                    c.attrs["__weights__"] = (lambda k=k: (getattr(self, f"ml{k}_w"), getattr(self, f"ml{k}_b")))
 
         def run(self, x: Any, record: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
             env: dict[str, Any] = dict(self._const)
             for onnx_name, key in self._param_names.items():
                 env[onnx_name] = getattr(self, key)
             env[self.input_names[0]] = x
-            wanted = set(record)
-            acts: dict[str, Any] = {}
-            for name, node, attrs in zip(self.node_names, self.nodes, self.attrs):
-                ins = [env[i] if i else None for i in node.input]
-                outs = _OPS[node.op_type](ins, attrs)
-                if not isinstance(outs, (tuple, list)):
-                    outs = (outs,)
-                for oname, val in zip(node.output, outs):
-                    env[oname] = val
-                if name in wanted:
-                    acts[name] = outs[0]
-            return env[self.output_names[0]], acts
+            env, acts = self.program.run(env, record)
+            return env[self.output_name], acts
 
         def forward(self, x: Any) -> Any:
             return self.run(x)[0]
@@ -88,326 +223,3 @@ def build_torch_view(model: Any) -> Any:
     view = _View()
     view.eval()
     return view
-
-
-# ----------------------------------------------------------------------------------------- operators
-def _t():
-    import torch
-
-    return torch
-
-
-def _ints(t: Any) -> list[int]:
-    return [int(v) for v in (t.tolist() if hasattr(t, "tolist") else t)]
-
-
-@_op("Identity", "Dropout")
-def _identity(i, a):
-    return i[0]
-
-
-@_op("Relu")
-def _relu(i, a):
-    return _t().relu(i[0])
-
-
-@_op("LeakyRelu")
-def _leaky(i, a):
-    return _t().nn.functional.leaky_relu(i[0], a.get("alpha", 0.01))
-
-
-@_op("Sigmoid")
-def _sigmoid(i, a):
-    return _t().sigmoid(i[0])
-
-
-@_op("Tanh")
-def _tanh(i, a):
-    return _t().tanh(i[0])
-
-
-@_op("Erf")
-def _erf(i, a):
-    return _t().erf(i[0])
-
-
-@_op("Exp")
-def _exp(i, a):
-    return _t().exp(i[0])
-
-
-@_op("Log")
-def _log(i, a):
-    return _t().log(i[0])
-
-
-@_op("Sqrt")
-def _sqrt(i, a):
-    return _t().sqrt(i[0])
-
-
-@_op("Neg")
-def _neg(i, a):
-    return -i[0]
-
-
-@_op("Abs")
-def _abs(i, a):
-    return i[0].abs()
-
-
-@_op("Add")
-def _add(i, a):
-    return i[0] + i[1]
-
-
-@_op("Sub")
-def _sub(i, a):
-    return i[0] - i[1]
-
-
-@_op("Mul")
-def _mul(i, a):
-    return i[0] * i[1]
-
-
-@_op("Div")
-def _div(i, a):
-    return i[0] / i[1]
-
-
-@_op("Pow")
-def _pow(i, a):
-    return _t().pow(i[0], i[1])
-
-
-@_op("Clip")
-def _clip(i, a):
-    lo = i[1] if len(i) > 1 and i[1] is not None else a.get("min")
-    hi = i[2] if len(i) > 2 and i[2] is not None else a.get("max")
-    return _t().clamp(i[0], None if lo is None else float(lo), None if hi is None else float(hi))
-
-
-@_op("Softmax")
-def _softmax(i, a):
-    return _t().softmax(i[0], dim=a.get("axis", -1))
-
-
-@_op("LogSoftmax")
-def _logsoftmax(i, a):
-    return _t().log_softmax(i[0], dim=a.get("axis", -1))
-
-
-@_op("Gelu")
-def _gelu(i, a):
-    return _t().nn.functional.gelu(i[0], approximate="tanh" if a.get("approximate", b"none") in (b"tanh", "tanh") else "none")
-
-
-@_op("MatMul")
-def _matmul(i, a):
-    return _t().matmul(i[0], i[1])
-
-
-@_op("Gemm")
-def _gemm(i, a):
-    A, B = i[0], i[1]
-    if a.get("transA", 0):
-        A = A.transpose(-1, -2)
-    if a.get("transB", 0):
-        B = B.transpose(-1, -2)
-    y = a.get("alpha", 1.0) * (A @ B)
-    if len(i) > 2 and i[2] is not None:
-        y = y + a.get("beta", 1.0) * i[2]
-    return y
-
-
-def _pads(a, nd):
-    pads = list(a.get("pads", [0] * (2 * nd)))
-    return pads[:nd], pads[nd:]
-
-
-@_op("Conv")
-def _conv(i, a):
-    F = _t().nn.functional
-    x, w = i[0], i[1]
-    b = i[2] if len(i) > 2 else None
-    nd = w.dim() - 2
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise NotImplementedError("Conv auto_pad SAME_* is not supported")
-    begin, end = _pads(a, nd)
-    if begin != end:
-        x = F.pad(x, [p for pair in zip(reversed(begin), reversed(end)) for p in pair])
-        begin = [0] * nd
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
-    return conv(x, w, b, stride=a.get("strides", [1] * nd), padding=begin,
-                dilation=a.get("dilations", [1] * nd), groups=a.get("group", 1))
-
-
-@_op("MaxPool")
-def _maxpool(i, a):
-    F = _t().nn.functional
-    k = a["kernel_shape"]
-    nd = len(k)
-    begin, end = _pads(a, nd)
-    x = i[0]
-    if begin != end:
-        x = F.pad(x, [p for pair in zip(reversed(begin), reversed(end)) for p in pair], value=float("-inf"))
-        begin = [0] * nd
-    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
-    return pool(x, k, stride=a.get("strides", [1] * nd), padding=begin, dilation=a.get("dilations", [1] * nd),
-                ceil_mode=bool(a.get("ceil_mode", 0)))
-
-
-@_op("AveragePool")
-def _avgpool(i, a):
-    F = _t().nn.functional
-    k = a["kernel_shape"]
-    nd = len(k)
-    begin, end = _pads(a, nd)
-    if begin != end:
-        raise NotImplementedError("asymmetric AveragePool padding is not supported")
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-    return pool(i[0], k, stride=a.get("strides", [1] * nd), padding=begin, ceil_mode=bool(a.get("ceil_mode", 0)),
-                count_include_pad=bool(a.get("count_include_pad", 0)))
-
-
-@_op("GlobalAveragePool")
-def _gap(i, a):
-    x = i[0]
-    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-
-
-@_op("GlobalMaxPool")
-def _gmp(i, a):
-    x = i[0]
-    return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
-
-
-@_op("BatchNormalization")
-def _bn(i, a):
-    x, scale, bias, mean, var = i[:5]
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    return (x - mean.reshape(shape)) / _t().sqrt(var.reshape(shape) + a.get("epsilon", 1e-5)) * scale.reshape(shape) + bias.reshape(shape)
-
-
-@_op("Flatten")
-def _flatten(i, a):
-    x = i[0]
-    axis = a.get("axis", 1)
-    axis = axis if axis >= 0 else x.dim() + axis
-    lead = int(np.prod(x.shape[:axis])) if axis else 1
-    return x.reshape(lead, -1)
-
-
-@_op("Reshape")
-def _reshape(i, a):
-    x, shape = i[0], _ints(i[1])
-    if not a.get("allowzero", 0):
-        shape = [x.shape[k] if s == 0 else s for k, s in enumerate(shape)]
-    return x.reshape(shape)
-
-
-@_op("Transpose")
-def _transpose(i, a):
-    x = i[0]
-    perm = a.get("perm", list(reversed(range(x.dim()))))
-    return x.permute(*perm)
-
-
-@_op("Concat")
-def _concat(i, a):
-    return _t().cat([v for v in i if v is not None], dim=a["axis"])
-
-
-@_op("Shape")
-def _shape(i, a):
-    torch = _t()
-    shape = list(i[0].shape)[a.get("start", 0): a.get("end", None)]
-    return torch.tensor(shape, dtype=torch.int64)
-
-
-@_op("Constant")
-def _constant(i, a):
-    from onnx import numpy_helper
-
-    torch = _t()
-    if "value" in a:
-        return torch.from_numpy(np.array(numpy_helper.to_array(a["value"])))
-    for key in ("value_float", "value_int"):
-        if key in a:
-            return torch.tensor(a[key])
-    for key in ("value_floats", "value_ints"):
-        if key in a:
-            return torch.tensor(list(a[key]))
-    raise NotImplementedError(f"Constant with attributes {sorted(a)}")
-
-
-@_op("Gather")
-def _gather(i, a):
-    x, idx = i[0], i[1]
-    axis = a.get("axis", 0)
-    return x.index_select(axis, idx.reshape(-1).long()).reshape(
-        list(x.shape[:axis]) + list(idx.shape) + list(x.shape[axis + 1:]))
-
-
-@_op("Unsqueeze")
-def _unsqueeze(i, a):
-    x = i[0]
-    axes = _ints(i[1]) if len(i) > 1 and i[1] is not None else list(a["axes"])
-    out_rank = x.dim() + len(axes)
-    for ax in sorted(ax if ax >= 0 else ax + out_rank for ax in axes):
-        x = x.unsqueeze(ax)
-    return x
-
-
-@_op("Squeeze")
-def _squeeze(i, a):
-    x = i[0]
-    axes = _ints(i[1]) if len(i) > 1 and i[1] is not None else a.get("axes")
-    if axes is None:
-        return x.squeeze()
-    for ax in sorted((ax if ax >= 0 else ax + x.dim() for ax in axes), reverse=True):
-        x = x.squeeze(ax)
-    return x
-
-
-@_op("Cast")
-def _cast(i, a):
-    import onnx
-
-    torch = _t()
-    np_dtype = onnx.helper.tensor_dtype_to_np_dtype(a["to"])
-    return i[0].to(torch.from_numpy(np.zeros(1, dtype=np_dtype)).dtype)
-
-
-def _make_reduce(fn_name: str):
-    def run(i, a):
-        x = i[0]
-        axes = _ints(i[1]) if len(i) > 1 and i[1] is not None else a.get("axes")
-        keep = bool(a.get("keepdims", 1))
-        if axes is None or len(axes) == 0:
-            if a.get("noop_with_empty_axes", 0):
-                return x
-            axes = list(range(x.dim()))
-        return getattr(x, fn_name)(dim=tuple(axes), keepdim=keep)
-
-    return run
-
-
-for _name, _fn in {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "amax", "ReduceMin": "amin"}.items():
-    _OPS[_name] = _make_reduce(_fn)
-
-
-@_op("Slice")
-def _slice(i, a):
-    x = i[0]
-    starts, ends = _ints(i[1]), _ints(i[2])
-    axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
-    steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(starts)
-    index = [slice(None)] * x.dim()
-    for s, e, ax, st in zip(starts, ends, axes, steps):
-        if st != 1:
-            raise NotImplementedError("Slice with steps other than 1")
-        n = x.shape[ax]
-        index[ax] = slice(max(min(s, n), -n), max(min(e, n), -n - 1))
-    return x[tuple(index)]

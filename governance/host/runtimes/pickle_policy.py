@@ -76,10 +76,13 @@ def pickle_decision(explicit: bool | None = None) -> PickleDecision:
     return PickleDecision(False, "the default")
 
 
-def refusal(display_name: str, what: str, decision: PickleDecision) -> ModelLoadError:
-    """The error for a model that would have to be unpickled."""
-    hint = ("re-log the model with mlflow.pytorch.log_model(..., serialization_format='pt2') (MLflow's default "
-            "outside Databricks)")
+PT2_FIX = ("re-log the model with mlflow.pytorch.log_model(..., serialization_format='pt2') (MLflow's default "
+           "outside Databricks)")
+
+
+def refusal(display_name: str, what: str, decision: PickleDecision, fix: str = PT2_FIX) -> ModelLoadError:
+    """The error for a model that would have to be unpickled; ``fix`` says how to log it without pickle."""
+    hint = fix
     if decision.because.startswith(MLFLOW_ENV):
         hint += f"; {MLFLOW_ENV}=false is set here and governance honours it over every other switch"
     else:
@@ -90,6 +93,16 @@ def refusal(display_name: str, what: str, decision: PickleDecision) -> ModelLoad
 
 
 @contextlib.contextmanager
+def tabular_pickle_file(flavor_conf: dict) -> str | None:
+    """The pickled file of an sklearn/lightgbm/xgboost flavor (``model.pkl`` under pickle or cloudpickle), or
+    None for a format that is not unpickled (skops, LightGBM's ``model.lgb``, XGBoost's ``model.ubj``/json)."""
+    name = str(flavor_conf.get("pickled_model") or flavor_conf.get("data") or "")
+    fmt = str(flavor_conf.get("serialization_format") or "").lower()
+    if fmt in ("pickle", "cloudpickle") or name.endswith((".pkl", ".pickle")):
+        return name or "model.pkl"
+    return None
+
+
 def mlflow_pickle_switch(allowed: bool) -> Iterator[None]:
     """Set MLflow's own switch to false around a load when pickle is not trusted (MLflow then also checks
     ``pt2`` archives for pickled records); leave the environment alone otherwise."""

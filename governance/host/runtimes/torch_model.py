@@ -10,6 +10,8 @@ import numpy as np
 
 from governance.contract.errors import MethodError, ModelLoadError
 from governance.contract.model import LoadedModel, ModelVersionInfo, TensorSpec
+from governance.host.runtimes import batching
+from governance.host.runtimes.outputs import TaskEvidence, detect_task, signature_output_dtypes
 
 
 def _is_export_graph(module: Any) -> bool:
@@ -29,9 +31,8 @@ class TorchModel(LoadedModel):
         output_spec: TensorSpec | None = None,
         device: str = "cpu",
         batch_size: int = 256,
+        task: str | None = None,
     ) -> None:
-        import torch
-
         self.info = info
         self.device = device
         self.default_batch_size = batch_size
@@ -41,14 +42,40 @@ class TorchModel(LoadedModel):
         self._module = module.to(device) if not self._fx or device != "cpu" else module
         for p in self._module.parameters():
             p.requires_grad_(False)
-        self.input_spec = input_spec
-        if output_spec is None:
-            probe = torch.zeros((2, *[d or 1 for d in input_spec.sample_shape]), dtype=torch.float32, device=device)
+        self.input_spec = TensorSpec(input_spec.name, (None, *input_spec.sample_shape), input_spec.dtype)
+        self.fixed_batch = _export_batch(self._module) if self._fx else None
+        out = self._probe_output()
+        self.output_spec = output_spec or TensorSpec("output", (None, *out.shape[1:]),
+                                                     str(out.dtype).replace("torch.", ""))
+        self.details = {"format": "torch.export (pt2)" if self._fx else "nn.Module", "fixed_batch": self.fixed_batch}
+        if self.fixed_batch is not None:
+            self.notes.append(batching.fixed_batch_cost(self.fixed_batch))
+        self.task, self.task_reason = detect_task(TaskEvidence(
+            n_outputs=self.n_outputs, output_dtype=self.output_spec.dtype, requested=task,
+            ends_in=_final_op(self._module, self._fx),
+            signature_output_dtypes=signature_output_dtypes(info.signature)))
+
+    def _probe_output(self) -> Any:
+        """One forward pass on zeros (two rows, or the fixed batch) to learn the output shape; a graph that
+        refuses two rows although it declares no fixed batch is treated as fixed at 1."""
+        import torch
+
+        shape = [d or 1 for d in self.input_spec.sample_shape]
+        dtype = getattr(torch, self.input_spec.dtype, torch.float32)
+        try:
             with torch.no_grad():
-                out = self._module(probe)
-            output_spec = TensorSpec("output", (None, *out.shape[1:]), str(out.dtype).replace("torch.", ""))
-        self.output_spec = output_spec
-        self.details = {"format": "torch.export (pt2)" if self._fx else "nn.Module"}
+                return self._call(torch.zeros((2, *shape), dtype=dtype, device=self.device))
+        except Exception:
+            if self.fixed_batch is not None or not self._fx:
+                raise
+            self.fixed_batch = 1
+            with torch.no_grad():
+                return self._call(torch.zeros((2, *shape), dtype=dtype, device=self.device))
+
+    def _call(self, x: Any) -> Any:
+        if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
+            return batching.run_torch(self._module, x, self.fixed_batch)
+        return self._module(x)
 
     @classmethod
     def from_module(cls, module: Any, input_shape: Sequence[int], *, name: str = "in-memory", **kw: Any) -> "TorchModel":
@@ -61,10 +88,14 @@ class TorchModel(LoadedModel):
         import torch
 
         with torch.no_grad():
-            out = self._module(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
+            out = self._call(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
         return out.detach().cpu().numpy()
 
     def torch_module(self) -> Any:
+        if self.fixed_batch is not None:
+            if getattr(self, "_batched", None) is None:
+                self._batched = batching.fixed_batch_module(self._module, self.fixed_batch)
+            return self._batched
         return self._module
 
     # ------------------------------------------------------------------------------------------ layers
@@ -112,10 +143,14 @@ class TorchModel(LoadedModel):
                         acts[wanted[n]] = result
                     return result
 
-            out = Recorder(self._module).run(x)
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            return out, acts
+            def record(chunk: Any) -> tuple[Any, dict[str, Any]]:
+                acts.clear()
+                out = Recorder(self._module).run(chunk)
+                return (out[0] if isinstance(out, (tuple, list)) else out), dict(acts)
+
+            if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
+                return batching.run_torch(record, x, self.fixed_batch)
+            return record(x)
         modules = dict(self._module.named_modules())
         handles = [
             modules[name].register_forward_hook(lambda _m, _i, o, name=name: acts.__setitem__(name, o))
@@ -133,7 +168,37 @@ class TorchModel(LoadedModel):
                 if v.dtype.is_floating_point}
 
 
-def load_torch_model(info: ModelVersionInfo, device: str, batch_size: int,
+def _export_batch(module: Any) -> int | None:
+    """The batch size a ``torch.export`` graph was specialised to (an int in its input placeholder's
+    example value), or None when the batch is symbolic."""
+    for node in module.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        val = node.meta.get("val")
+        shape = getattr(val, "shape", None)
+        if shape is None or len(shape) == 0:
+            return None
+        first = shape[0]
+        return int(first) if isinstance(first, int) else None
+    return None
+
+
+def _final_op(module: Any, fx: bool) -> str | None:
+    """Name of the last operation (``Sigmoid``/``Softmax`` matter for task detection)."""
+    try:
+        if fx:
+            out = next(n for n in reversed(module.graph.nodes) if n.op == "output")
+            src = out.args[0][0] if isinstance(out.args[0], (tuple, list)) else out.args[0]
+            name = str(getattr(src, "target", ""))
+            return "Sigmoid" if "sigmoid" in name else ("Softmax" if "softmax" in name else name)
+        children = list(module.children())
+        last = children[-1] if children else module
+        return type(last).__name__
+    except Exception:
+        return None
+
+
+def load_torch_model(info: ModelVersionInfo, device: str, batch_size: int, task: str | None = None,
                      trust_pickle: bool | None = None) -> TorchModel:
     """Load the ``pytorch`` flavor from ``info.local_path`` (pt2, or pickle when trusted: ``trust_pickle``
     is an explicit opt-in, None lets :func:`~governance.host.runtimes.pickle_policy.pickle_decision` decide)."""
@@ -165,7 +230,7 @@ def load_torch_model(info: ModelVersionInfo, device: str, batch_size: int,
             f"{info.display_name} has no input signature, so its input shape is unknown",
             hint="log the model with an input_example (or signature) of shape (batch>=2, ...)",
         )
-    return TorchModel(module, info, spec, device=device, batch_size=batch_size)
+    return TorchModel(module, info, spec, device=device, batch_size=batch_size, task=task)
 
 
 def _is_pickle_format(info: ModelVersionInfo) -> bool:
