@@ -176,10 +176,8 @@ def _log_and_explain(tmp_path, registry, flavor: str, est, X, y, methods, **kw):
     importlib.import_module(f"mlflow.{flavor}").save_model(est, str(folder), input_example=X[:2])
     data = tmp_path / "eval.npz"
     np.savez(data, X=X, y=y)
-    # MLflow pickles sklearn estimators (and LightGBM's sklearn API) by default: these tests trust them
     return governance.explain(str(folder), methods=methods, data=str(data), tracking_uri=registry.uri,
-                              experiment=f"zoo-{flavor}", workdir=tmp_path / "run", config=FAST,
-                              trust_pickle=True, **kw)
+                              experiment=f"zoo-{flavor}", workdir=tmp_path / "run", config=FAST, **kw)
 
 
 def test_mlflow_sklearn_classifier_converted_and_explained(registry, tmp_path):

@@ -126,3 +126,28 @@ def test_a_local_model_folder_is_refused_too(tmp_path, cli_invoke, monkeypatch):
     folder = write_payload_model(tmp_path / "model", marker)
     code, out, err = cli_invoke("inspect", str(folder))
     assert code == 4 and "pickle-format" in err and not marker.exists()
+
+
+def test_pickled_sklearn_estimators_are_refused_too(tmp_path, monkeypatch):
+    """An sklearn estimator saved as (cloud)pickle falls under the same rule as a torch pickle; MLflow's
+    default skops format (no code in the file) loads without an opt-in."""
+    import mlflow.sklearn
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    import governance
+    from governance.contract.errors import ModelLoadError
+
+    _no_trust(monkeypatch)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    folder = tmp_path / "sk"
+    est = LogisticRegression().fit(X, X[:, 0] > 0)
+    mlflow.sklearn.save_model(est, str(folder), input_example=X[:2], serialization_format="cloudpickle")
+    with pytest.raises(ModelLoadError, match=r"is a pickled sklearn model \(model\.pkl\)") as err:
+        governance.load(str(folder), device="cpu")
+    assert "serialization_format='skops'" in err.value.hint and "--trust-pickle" in err.value.hint
+    model = governance.load(str(folder), device="cpu", trust_pickle=True)
+    assert model.predict(X[:4]).shape[0] == 4
+    mlflow.sklearn.save_model(est, str(tmp_path / "skops"), input_example=X[:2])  # MLflow's default: skops
+    assert governance.load(str(tmp_path / "skops"), device="cpu").predict(X[:4]).shape[0] == 4

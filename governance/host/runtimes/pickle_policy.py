@@ -92,7 +92,6 @@ def refusal(display_name: str, what: str, decision: PickleDecision, fix: str = P
         f"pickle unless you opt in (refused by {decision.because})", hint=hint)
 
 
-@contextlib.contextmanager
 def tabular_pickle_file(flavor_conf: dict) -> str | None:
     """The pickled file of an sklearn/lightgbm/xgboost flavor (``model.pkl`` under pickle or cloudpickle), or
     None for a format that is not unpickled (skops, LightGBM's ``model.lgb``, XGBoost's ``model.ubj``/json)."""
@@ -103,6 +102,7 @@ def tabular_pickle_file(flavor_conf: dict) -> str | None:
     return None
 
 
+@contextlib.contextmanager
 def mlflow_pickle_switch(allowed: bool) -> Iterator[None]:
     """Set MLflow's own switch to false around a load when pickle is not trusted (MLflow then also checks
     ``pt2`` archives for pickled records); leave the environment alone otherwise."""
