@@ -11,6 +11,8 @@ dict); pass ``spec=`` to reuse one. This module composes the run (``governance.r
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -37,16 +39,19 @@ def _spec(spec: Any, options: dict[str, Any]) -> Any:
 
 
 def explain(model_uri: str, *, spec: Any = None, workdir: str | Path | None = None,
-            progress: ProgressFn | None = None, invocation: str | None = None, **options: Any) -> RunResult:
+            progress: ProgressFn | None = None, invocation: str | None = None,
+            run_tags: dict[str, str] | None = None, **options: Any) -> RunResult:
     """Explain one model version with the selected methods (all installed ones by default) and log everything
     to a new MLflow run. A finished run with the same model and configuration is reused unless ``force`` (then
-    the new run supersedes it). ``options`` are :class:`~governance.run.spec.RunSpec` fields."""
+    the new run supersedes it). ``options`` are :class:`~governance.run.spec.RunSpec` fields; ``run_tags`` are
+    added to the new MLflow run. Without ``workdir`` the evidence is kept in a temporary folder
+    (``result.workdir``, yours to delete; it is removed when the run fails)."""
     from governance.run.pipeline import Pipeline
 
     run_spec = _spec(spec, options)
     pipe = Pipeline(model_uri, run_spec, host=_host(run_spec.plugins),
                     workdir=Path(workdir) if workdir else None, progress=progress,
-                    invocation=invocation or f"governance.explain({model_uri!r})")
+                    invocation=invocation or f"governance.explain({model_uri!r})", run_tags=run_tags)
     return pipe.run()
 
 
@@ -93,28 +98,43 @@ def resolve(model_uri: str, *, tracking_uri: str | None = None, download_dir: st
 
 
 def load(model_uri: str, *, device: str = "auto", tracking_uri: str | None = None, batch_size: int | None = None,
-         output: str | None = None, task: str | None = None):
+         output: str | None = None, task: str | None = None, trust_pickle: bool | None = None,
+         download_dir: str | Path | None = None):
     """Resolve and load a model: a LoadedModel with ``predict`` and, where possible, a torch view.
-    ``output`` names the graph output to explain, ``task`` overrides the detected task."""
+    ``output`` names the graph output to explain, ``task`` overrides the detected task; ``trust_pickle=True``
+    allows a pickle-format model (see :mod:`governance.host.runtimes.pickle_policy`). The files go to
+    ``download_dir`` (else a temporary folder the model keeps using; removed if loading fails)."""
+    import shutil
+
     from governance.run.pipeline import load_model
 
-    info = resolve(model_uri, tracking_uri=tracking_uri)
-    return load_model(info, device=device, batch_size=batch_size, host=_host(), output=output, task=task)
+    dst = Path(download_dir) if download_dir else Path(tempfile.mkdtemp(prefix="governance-model-"))
+    try:
+        info = resolve(model_uri, tracking_uri=tracking_uri, download_dir=dst)
+        return load_model(info, device=device, batch_size=batch_size, host=_host(), output=output, task=task,
+                          trust_pickle=trust_pickle)
+    except BaseException:
+        if download_dir is None:
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
 
 
 def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, policy: Any = None,
-                 model_card: Any = None, signer: Any = None, progress: ProgressFn | None = None,
+                 model_card: Any = None, signer: Any = None, signing: Any = None, progress: ProgressFn | None = None,
                  invocation: str | None = None, workdir: str | Path | None = None, gate: Any = None,
-                 **options: Any) -> Any:
+                 run_tags: dict[str, str] | None = None, **options: Any) -> Any:
     """Explain ``model_uri`` (reusing an identical finished run unless ``force``), build the report in
     ``output_dir/<name>-v<version>/`` (or ``output_dir`` itself when ``subfolder`` is false), log it to the run and
     tag the model version. ``policy`` and ``model_card`` may be paths (RunSpec fields) or in-memory objects;
-    ``signer`` a dict or "NAME, ROLE, ORG"; ``gate`` a :class:`~governance.report.gate.GateRequest` whose decision
-    the first page shows. With ``notify`` the verdict is posted, signed, once the report is written.
-    Returns a :class:`~governance.report.build.ReportResult`."""
+    ``signer`` a dict or "NAME, ROLE, ORG"; ``signing`` a :class:`~governance.report.signing.SigningIdentity`
+    (else the ``sign_key``/``sign_cert`` options); ``gate`` a :class:`~governance.report.gate.GateRequest` whose
+    decision the first page shows. Everything the report needs (its inputs, the signing key, a writable output
+    folder, the notification URL) is checked before anything is explained or written. With ``notify`` the verdict
+    is posted, signed, once the report is written. Returns a :class:`~governance.report.build.ReportResult`."""
+    from governance.contract.errors import ReportError
     from governance.host.notify import check_notify
-    from governance.report.build import build_report, check_report_inputs
-    from governance.report.publish import previous_version_record, publish_report, report_folder_name
+    from governance.report.build import check_output_dir, check_report_inputs
+    from governance.report.signing import identity_for
 
     run_spec = _spec(spec, {**options, **{k: v for k, v in (("policy", policy), ("model_card", model_card),
                                                               ("signer", signer)) if isinstance(v, str)}})
@@ -124,23 +144,72 @@ def report_model(model_uri: str, *, spec: Any = None, subfolder: bool = True, po
     # the user's files first: a typo in the policy must not cost a whole run
     policy_obj = check_report_inputs(policy_obj, card, run_spec.template_dirs)
     check_notify(run_spec.notify)
-    run = explain(model_uri, spec=run_spec, progress=progress, workdir=workdir,
-                  invocation=invocation or f"governance.report({model_uri!r})")
-    run.model["previous_version"] = previous_version_record(run.tracking_uri, run.model)
+    signing = signing or identity_for(run_spec.sign_key, run_spec.sign_cert)
+    if signing is not None and not run_spec.pdf:
+        raise ReportError("a signed report needs its PDF", hint="drop --no-pdf, or do not pass a signing key")
     base = Path(run_spec.output_dir or "governance-reports")
-    out = base / report_folder_name(run.model) if subfolder else base
-    result = build_report(run, out_dir=out, model_card=card, policy=policy_obj,
-                          template_dirs=[Path(d) for d in run_spec.template_dirs], signer=signer_rec,
-                          pdf=run_spec.pdf, gate=gate)
-    result.run_id = run.mlflow_run_id
-    if run_spec.log_to_mlflow:
-        publish_report(result, run, tracking_uri=run.tracking_uri)
+    check_output_dir(base)  # a read-only or full output folder must fail before any MLflow write
+    inputs = _ReportInputs(base=base, subfolder=subfolder, card=card, policy=policy_obj, signer=signer_rec,
+                           signing=signing, gate=gate)
+    with job_folder(workdir) as folder:
+        result = _explain_and_report(model_uri, run_spec, folder, inputs, progress=progress, invocation=invocation,
+                                     run_tags=run_tags)
     if run_spec.notify:
         from governance.host.notify import post_notification
         from governance.report.gate import report_notification
 
         result.notifications.append(
             post_notification(run_spec.notify, "report.verdict", report_notification(result)).to_dict())
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReportInputs:
+    """What the report of one job is made from, besides the run: checked by report_model before the run."""
+
+    base: Path
+    subfolder: bool
+    card: Any
+    policy: Any
+    signer: Any
+    signing: Any
+    gate: Any
+
+
+@contextlib.contextmanager
+def job_folder(workdir: str | Path | None):
+    """The caller's folder, or a temporary one removed afterwards, success or failure (a long-running worker
+    must not keep one folder per job); kept only when results could not be uploaded (the error says where)."""
+    if workdir is not None:
+        yield Path(workdir)
+        return
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="governance-run-"))
+    try:
+        yield tmp
+    except BaseException as exc:
+        if not getattr(exc, "kept_workdir", None):  # results that could not be uploaded stay on disk
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _explain_and_report(model_uri: str, run_spec: Any, workdir: Path, inputs: _ReportInputs, *,
+                        progress: ProgressFn | None, invocation: str | None, run_tags: dict[str, str] | None) -> Any:
+    from governance.report.build import build_report
+    from governance.report.publish import previous_version_record, publish_report, report_folder_name
+
+    run = explain(model_uri, spec=run_spec, progress=progress, workdir=workdir, run_tags=run_tags,
+                  invocation=invocation or f"governance.report({model_uri!r})")
+    run.model["previous_version"] = previous_version_record(run.tracking_uri, run.model)
+    out = inputs.base / report_folder_name(run.model) if inputs.subfolder else inputs.base
+    result = build_report(run, out_dir=out, model_card=inputs.card, policy=inputs.policy,
+                          template_dirs=[Path(d) for d in run_spec.template_dirs], signer=inputs.signer,
+                          signing=inputs.signing, pdf=run_spec.pdf, gate=inputs.gate)
+    result.run_id = run.mlflow_run_id
+    if run_spec.log_to_mlflow:
+        publish_report(result, run, tracking_uri=run.tracking_uri)
     return result
 
 

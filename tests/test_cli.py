@@ -41,7 +41,7 @@ def _fixture_path():
 def test_run_json_and_exit_code_10_on_failed_method(registry, test_plugins, cli_invoke, tmp_path):
     code, out, err = cli_invoke("run", "models:/digits-cnn/2", "--methods", "occlusion,crash", "--data",
                                 str(registry.data["digits"]), "--tracking-uri", registry.uri, "--json",
-                                "--experiment", "cli-crash")
+                                "--experiment", "cli-crash", "--trust-pickle")  # v2 is a pickle-format model
     assert code == 10
     doc = json.loads(out)
     assert [e["status"] for e in doc["explanations"]] == ["ok", "failed"]

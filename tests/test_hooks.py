@@ -86,8 +86,8 @@ def test_load_model_is_firstresult_and_later_plugins_win(tmp_path):
     assert load_model(info, device="cpu", batch_size=None, host=host) is model
     assert calls == ["declines", "cpu"]  # registered later, called first; stops at the first model
     with pytest.raises(ModelLoadError, match="no installed plugin can load"):
-        load_model(ModelVersionInfo(uri="y", kind="file", flavors={"sklearn": {}}), device="cpu", batch_size=None,
-                   host=host)
+        load_model(ModelVersionInfo(uri="y", kind="file", flavors={"h2o": {}}), device="cpu", batch_size=None,
+                   host=host)  # a flavor no loader knows (sklearn is converted to ONNX now)
 
 
 def test_report_sections_collects_every_plugins_sections():

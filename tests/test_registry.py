@@ -76,8 +76,10 @@ def test_wrong_version_lists_versions_and_aliases(registry, tmp_path):
         resolve("models:/digits-cnn@staging", tracking_uri=registry.uri, download_dir=tmp_path)
 
 
-def test_both_flavors_load_and_agree(registry, tmp_path):
+def test_both_flavors_load_and_agree(registry, tmp_path, monkeypatch):
     import governance
+
+    monkeypatch.setenv("GOVERNANCE_TRUST_PICKLE", "1")  # digits-cnn v2 is a pickle-format model
 
     torch_model = governance.load("models:/digits-cnn/1", tracking_uri=registry.uri, device="cpu")
     onnx_model = governance.load("models:/digits-cnn-onnx/1", tracking_uri=registry.uri, device="cpu")

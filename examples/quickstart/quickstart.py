@@ -1,5 +1,7 @@
 """Quick start: train two small models, register two versions of each as PyTorch AND ONNX, explain them and
-render compliance reports. Everything runs on CPU in about a minute, against the local store sqlite:///mlflow.db.
+render signed compliance reports. Everything runs on CPU in about a minute, against the local store
+sqlite:///mlflow.db. The reports are signed with a throw-away test key made by `governance keygen` in a
+temporary folder; its certificate is kept beside the reports so `governance verify --trust` can check them.
 
     python examples/quickstart/quickstart.py [--tracking-uri URI] [--out DIR] [--fresh]
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +92,27 @@ def register(name: str, kind: str, epochs: tuple[int, int], client, workdir: Pat
                                      "Demonstration of the governance tool on scikit-learn's bundled data.")
 
 
+def test_signing_key(keys: Path, out: Path) -> tuple[Path, Path]:
+    """A throw-away key and self-signed certificate from `governance keygen`; the certificate is copied
+    beside the reports (the key is deleted with the temporary folder)."""
+    subprocess.run([sys.executable, "-m", "governance", "keygen", "--out", str(keys), "--name",
+                    "Quick-start test signer (not a real identity)"], check=True, stdout=subprocess.DEVNULL)
+    out.mkdir(parents=True, exist_ok=True)
+    cert = out / "quickstart-signer-cert.pem"
+    shutil.copy(keys / "cert.pem", cert)
+    say(f"signing the reports with a test key; its certificate is {cert}")
+    return keys / "key.pem", cert
+
+
+def verified(pdf: Path | None, cert: Path) -> bool:
+    from governance.report import verify_report
+
+    check = verify_report(pdf, trust=[cert])
+    say(f"  verify: {'VERIFIED, signed by ' + check.signers[0]['name'] if check.ok else 'NOT VERIFIED'}"
+        f"  (governance verify {pdf} --trust {cert})")
+    return check.ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
@@ -122,20 +147,25 @@ def main() -> int:
     failures = 0
     uris = ("models:/digits-cnn@champion", "models:/breast-cancer-mlp-onnx@champion")
     jobs = max(1, min(args.jobs, len(uris)))
-    say(f"explaining and reporting on {', '.join(uris)} ({jobs} at a time) ...")
-    for res in run_reports(uris, args, jobs):
-        verdict = f", policy verdict {res['verdict']}" if res["verdict"] else ""
-        say(f"  {res['uri']}: {res['pdf']}  (run {res['run_id']}, run status {res['run_status']}{verdict}, "
-            f"{res['seconds']:.0f} s: " + ", ".join(f"{m} {s:.1f} s" for m, s in res["methods"].items()) + ")")
-        # a failed policy check is a finding the report documents, not a failure of the quick start
-        failures += res["run_status"] != "ok"
+    with tempfile.TemporaryDirectory() as keys:
+        key, cert = test_signing_key(Path(keys), Path(args.out))
+        args.sign = (str(key), str(cert))
+        say(f"explaining and reporting on {', '.join(uris)} ({jobs} at a time) ...")
+        for res in run_reports(uris, args, jobs):
+            verdict = f", policy verdict {res['verdict']}" if res["verdict"] else ""
+            say(f"  {res['uri']}: {res['pdf']}  (run {res['run_id']}, run status {res['run_status']}{verdict}, "
+                f"{res['seconds']:.0f} s: " + ", ".join(f"{m} {s:.1f} s" for m, s in res["methods"].items()) + ")")
+            # a failed policy check is a finding the report documents, not a failure of the quick start
+            failures += res["run_status"] != "ok"
+            failures += not verified(Path(res["pdf"]), cert)
     say(f"done in {time.time() - t0:.0f} s. Open the PDFs under {args.out}/, or browse the runs with "
         f"`mlflow ui --backend-store-uri {args.tracking_uri}`.")
     return 1 if failures else 0
 
 
-def report_one(uri: str, tracking_uri: str, out: str, policy: str | None, threads: int) -> dict:
-    """One model's report (in its own process when several run at once): explain, render, log, tag."""
+def report_one(uri: str, tracking_uri: str, out: str, policy: str | None, threads: int,
+               sign: tuple[str, str]) -> dict:
+    """One model's report (in its own process when several run at once): explain, render, sign, log, tag."""
     import json
 
     import torch
@@ -145,7 +175,8 @@ def report_one(uri: str, tracking_uri: str, out: str, policy: str | None, thread
     import governance
 
     t = time.time()
-    result = governance.report_model(uri, tracking_uri=tracking_uri, output_dir=out, policy=policy)
+    result = governance.report_model(uri, tracking_uri=tracking_uri, output_dir=out, policy=policy,
+                                     sign_key=sign[0], sign_cert=sign[1])
     doc = json.loads(Path(result.json_path).read_text())
     return {"uri": uri, "pdf": str(result.pdf), "run_id": result.run_id, "run_status": result.run_status,
             "verdict": result.verdict, "seconds": time.time() - t,
@@ -156,13 +187,14 @@ def run_reports(uris: tuple[str, ...], args: argparse.Namespace, jobs: int) -> l
     """The reports, ``jobs`` at a time: methods are single-threaded enough on small models that one process
     per core beats one process with every core (measured: see the README's quick-start timing)."""
     if jobs == 1:
-        return [report_one(u, args.tracking_uri, args.out, args.policy, os.cpu_count() or 1) for u in uris]
+        return [report_one(u, args.tracking_uri, args.out, args.policy, os.cpu_count() or 1, args.sign) for u in uris]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(report_one, u, args.tracking_uri, args.out, args.policy, threads) for u in uris]
+        futures = [pool.submit(report_one, u, args.tracking_uri, args.out, args.policy, threads, args.sign)
+                   for u in uris]
         return [f.result() for f in futures]
 
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "governance.cli.info:inspect_cmd",
     "report": "governance.cli.report:report_cmd",
     "verify": "governance.cli.report:verify_cmd",
+    "keygen": "governance.cli.report:keygen_cmd",
     "policy": "governance.cli.report:policy_group",
     "promote": "governance.cli.promote:promote_cmd",
     "serve": "governance.cli.service:serve_cmd",

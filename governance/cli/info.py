@@ -124,14 +124,26 @@ def _tabular_flavors(pkgs: dict) -> str:
 @click.option("--task", type=click.Choice(["auto", "classification", "regression"]), default="auto",
               show_default=True)
 @tracking_option
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickle-format model: loading it runs any code its author "
+              "put into it (see README, 'Pickle-format models').")
 @json_option
 def inspect_cmd(model_uri: str, device: str, output: str | None, task: str, tracking_uri: str | None,
-                as_json: bool) -> None:
-    """Resolve and load MODEL_URI and show identity, file hashes, signature and what methods can use."""
+                trust_pickle: bool, as_json: bool) -> None:
+    """Resolve and load MODEL_URI and show identity, file hashes, signature and what methods can use.
+    Pickle-format models are refused unless --trust-pickle: loading one would run its code."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="governance-model-") as tmp:  # the downloaded copy goes afterwards
+        _inspect(model_uri, device, output, None if task == "auto" else task, tracking_uri, trust_pickle,
+                 as_json, tmp)
+
+
+def _inspect(model_uri: str, device: str, output: str | None, task: str | None, tracking_uri: str | None,
+             trust_pickle: bool, as_json: bool, download_dir: str) -> None:
     from governance.api import load
 
-    model = load(model_uri, device=device, tracking_uri=tracking_uri, output=output,
-                 task=None if task == "auto" else task)
+    model = load(model_uri, device=device, tracking_uri=tracking_uri, output=output, task=task,
+                 trust_pickle=trust_pickle or None, download_dir=download_dir)
     model.torch_module()  # builds the torch view (ONNX) so gradient availability is real
     info = model.info.to_dict()
     doc = {"model": info, "runtime": model.describe(check_gradients=True), "layers": model.layer_names()[:200]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -52,25 +53,24 @@ def print_run_summary(run: Any) -> None:
     console.print(table)
     for warning in getattr(run, "warnings", []) or []:
         console.print(f"[yellow]warning[/yellow] {warning}")
-    if run.workdir:
-        console.print(f"local copy: {run.workdir}")
 
 
-def _run_one(model_uri: str, spec: Any, as_json: bool) -> list[Any]:
+def _run_one(model_uri: str, spec: Any, as_json: bool, workdir: Path) -> list[Any]:
     from governance.api import explain
 
     callback, bar = progress_printer(not as_json and sys.stderr.isatty())
     with bar:
-        return [explain(model_uri, spec=spec, progress=callback, invocation=invocation())]
+        return [explain(model_uri, spec=spec, progress=callback, invocation=invocation(), workdir=workdir)]
 
 
-def _run_many(model_uris: tuple[str, ...], spec: Any, executor: str) -> tuple[list[Any], list[tuple[str, Any]]]:
+def _run_many(model_uris: tuple[str, ...], spec: Any, executor: str,
+              workdir: Path) -> tuple[list[Any], list[tuple[str, Any]]]:
     """Fan out; a model that cannot be run is reported (GovernanceError) without stopping the others."""
     from governance.api import explain_many
     from governance.contract.errors import GovernanceError
 
     outcomes = explain_many(list(model_uris), executor=executor, return_exceptions=True, spec=spec,
-                            invocation=invocation())
+                            invocation=invocation(), workdir=workdir)
     errors = [(uri, o) for uri, o in zip(model_uris, outcomes) if isinstance(o, BaseException)]
     for uri, exc in errors:
         if not isinstance(exc, GovernanceError):
@@ -99,10 +99,16 @@ def run_cmd(model_uris: tuple[str, ...], as_json: bool, executor: str, **options
 
     spec = spec_from_cli(options, "run")
     errors: list[tuple[str, Any]] = []
-    if len(model_uris) > 1 or executor != "local":
-        runs, errors = _run_many(model_uris, spec, executor)
-    else:
-        runs = _run_one(model_uris[0], spec, as_json)
+    from governance.api import job_folder
+
+    # the evidence is in MLflow once the run is logged: the local working copy goes, success or failure
+    with job_folder(None) as tmp:
+        if len(model_uris) > 1 or executor != "local":
+            runs, errors = _run_many(model_uris, spec, executor, tmp)
+        else:
+            runs = _run_one(model_uris[0], spec, as_json, tmp)
+    for run in runs:
+        run.workdir = None
     if as_json:
         if len(model_uris) == 1:
             if runs:

@@ -114,6 +114,9 @@ def _settings_from(kw: dict[str, Any]) -> Any:
     every job."""
     settings = spec_from_cli(kw, "service").with_absolute_paths()
     settings.fingerprint()
+    from governance.report.signing import identity_for
+
+    identity_for(settings.sign_key, settings.sign_cert)  # a wrong key or passphrase fails at start, not per job
     return settings
 
 

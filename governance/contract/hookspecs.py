@@ -64,7 +64,9 @@ def load_model(info: "ModelVersionInfo", options: dict[str, Any]) -> "LoadedMode
     downloaded files. ``options`` holds ``device`` (``"auto" | "cpu" | "cuda"``), ``batch_size`` (an int or
     ``None``), ``output`` (the name of the model output to explain, ``--output``; ``None``: the loader chooses, e.g. the probabilities of a converted classifier rather
     than its label) and ``task`` (``"classification" | "regression"``, ``--task``; ``None``: detect it
-    and set ``LoadedModel.task``/``task_reason``). Keys may be added; ignore the ones you do not know.
+    and set ``LoadedModel.task``/``task_reason``), and ``trust_pickle: True`` only when the user opted in to
+    pickle-format models (``--trust-pickle``): a loader that would unpickle must refuse otherwise (README,
+    "Pickle-format models"). Keys may be added; ignore the ones you do not know.
 
     Stops at the first non-None result; plugins registered later are called first, so a third-party
     loader can take over a flavor from the built-in one.

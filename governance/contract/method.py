@@ -79,13 +79,16 @@ class Method(abc.ABC):
 
     @classmethod
     def parse_config(cls, raw: dict[str, Any] | None) -> MethodConfig:
-        """Validate user configuration into ``cls.Config``; raises ConfigError naming the bad keys."""
+        """Validate user configuration into ``cls.Config``; raises ConfigError naming the bad keys, or a
+        count-like setting that cannot fit in memory (:mod:`governance.contract.bounds`)."""
         from pydantic import ValidationError
 
         from governance.contract.errors import ConfigError
 
+        from governance.contract.bounds import check_memory_bounds
+
         try:
-            return cls.Config(**(raw or {}))
+            cfg = cls.Config(**(raw or {}))
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors()
@@ -95,6 +98,8 @@ class Method(abc.ABC):
                 f"invalid configuration for method '{cls.name}': {problems}",
                 hint=f"valid keys for '{cls.name}' are: {fields}",
             ) from None
+        check_memory_bounds(cls.name, cfg)
+        return cfg
 
     @abc.abstractmethod
     def explain(self, ctx: "MethodContext", **kwargs: Any) -> "Explanation":

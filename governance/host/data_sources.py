@@ -11,6 +11,7 @@ import numpy as np
 from governance.contract.dataset import Dataset
 from governance.contract.errors import DataError
 from governance.contract.model import LoadedModel, ModelVersionInfo
+from governance.host.data_checks import check_container, check_magnitude, check_outputs, check_values, pickle_refused
 from governance.host.tracking import resolve_tracking_uri
 
 TARGET_COLUMNS = ("target", "label", "y", "class")
@@ -30,7 +31,7 @@ def validate(ds: Dataset, model: LoadedModel) -> Dataset:
     """Shape, dtype and finiteness checks; the dataset comes back cast to the model's input dtype."""
     if len(ds) == 0:
         raise DataError(f"the dataset from {ds.source} is empty", hint="pass --data with at least one sample")
-    ds.X = model.check_input(ds.X)
+    ds.X = model.check_input(check_values(ds.X, ds.source))
     if np.issubdtype(ds.X.dtype, np.floating):
         bad = ~np.isfinite(ds.X)
         if bad.any():
@@ -40,6 +41,8 @@ def validate(ds: Dataset, model: LoadedModel) -> Dataset:
                 f"{len(rows)} sample(s) (first rows: {', '.join(map(str, rows[:5]))})",
                 hint="impute or drop those rows before explaining; attributions of NaN inputs are undefined",
             )
+    check_magnitude(ds.X, ds.source)
+    check_outputs(model, ds.X, ds.source)
     ds.baseline = np.asarray(ds.baseline, dtype=ds.X.dtype)
     return ds
 
@@ -52,16 +55,24 @@ def _from_file(path: Path, model: LoadedModel, target: str | None) -> Dataset:
     if not path.exists():
         raise DataError(f"data file {path} does not exist", hint="check the --data path")
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise DataError(f"data path {path} is a folder", hint="pass --data with a .npz, .npy, .csv or .parquet file")
+    check_container(path)
     try:
         if suffix == ".npz":
             return _from_npz(path)
         if suffix == ".npy":
-            X = np.load(path, allow_pickle=False)
+            X = check_values(np.load(path, allow_pickle=False), str(path))
             return Dataset(X=X, modality=_modality(X.shape[1:]), source=str(path))
         if suffix in (".csv", ".parquet", ".pq"):
             return _from_table(path, model, target)
     except DataError:
         raise
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text", hint="save the table as UTF-8 CSV (or use .parquet)") from None
+    except ValueError as exc:
+        raise pickle_refused(path, exc) or DataError(f"cannot read {path}: {exc}",
+                                                     hint="check the file is a valid npz/csv/parquet file") from None
     except Exception as exc:
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}",
                         hint="check the file is a valid npz/csv/parquet file") from exc
@@ -75,7 +86,7 @@ def _from_npz(path: Path) -> Dataset:
         if xkey is None:
             raise DataError(f"{path} has arrays {keys} but none named X",
                             hint="save the inputs as X (and labels as y): np.savez(path, X=X, y=y)")
-        X = npz[xkey]
+        X = check_values(npz[xkey], str(path))
         y = next((npz[k] for k in ("y", "Y", "labels", "target") if k in keys), None)
         names = [str(v) for v in npz["feature_names"]] if "feature_names" in keys else None
         classes = [str(v) for v in npz["class_names"]] if "class_names" in keys else None
@@ -89,7 +100,10 @@ def _from_table(path: Path, model: LoadedModel, target: str | None) -> Dataset:
     import pandas as pd
 
     if path.suffix.lower() == ".csv":
-        df = pd.read_csv(path)
+        try:
+            df = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path} is empty", hint="pass a CSV with a header line and one row per sample") from None
     else:
         try:
             df = pd.read_parquet(path)
@@ -98,6 +112,9 @@ def _from_table(path: Path, model: LoadedModel, target: str | None) -> Dataset:
     if target is not None and target not in df.columns:
         raise DataError(f"target column '{target}' is not in {path}",
                         hint=f"columns: {', '.join(map(str, df.columns[:30]))}")
+    if len(df) == 0:
+        raise DataError(f"{path} has a header ({', '.join(map(str, df.columns[:10]))}) but no rows",
+                        hint="pass a table with one row per sample")
     tcol = target or next((c for c in df.columns if str(c).lower() in TARGET_COLUMNS), None)
     y = df.pop(tcol).to_numpy() if tcol is not None else None
     wanted = _signature_columns(model.info)
@@ -147,6 +164,7 @@ def _from_registry(info: ModelVersionInfo, model: LoadedModel, tracking_uri: str
 
         try:
             X = np.asarray(Model.load(str(info.local_path)).load_input_example(str(info.local_path)))
+            X = check_values(X, f"the input example of {info.display_name}")
             ds = Dataset(X=X, modality=_modality(X.shape[1:]), source=f"input example of {info.display_name}")
             ds.notes.append(f"only the model's logged input example ({len(X)} samples) was available: "
                             "explanations and quality metrics rest on very few samples")

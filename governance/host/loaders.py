@@ -31,12 +31,14 @@ def load_model(info: "ModelVersionInfo", options: dict[str, Any]) -> "LoadedMode
         from governance.host.runtimes.torch_model import load_torch_model
 
         _no_output_choice(output, "PyTorch")
-        return load_torch_model(info, torch_device(device), batch_size, task=task)
+        return load_torch_model(info, torch_device(device), batch_size, task=task,
+                                trust_pickle=options.get("trust_pickle"))
     from governance.host.runtimes.sklearn_model import FLAVORS, load_tabular_model
 
     flavor = next((f for f in ("lightgbm", "xgboost", "sklearn") if f in flavors), None)
     if flavor in FLAVORS:
-        return load_tabular_model(info, flavor, device=device, batch_size=batch_size, output=output, task=task)
+        return load_tabular_model(info, flavor, device=device, batch_size=batch_size, output=output, task=task,
+                                  trust_pickle=options.get("trust_pickle"))
     return None
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from governance.contract.errors import ModelResolutionError, TrackingError
+from governance.contract.errors import ModelLoadError, ModelResolutionError, TrackingError
 from governance.contract.model import ModelVersionInfo
 
 
@@ -159,7 +159,22 @@ def _read_mlmodel(folder: Path) -> dict[str, Any]:
     if not mlmodel.is_file():
         raise ModelResolutionError(f"{folder} holds no MLmodel file: it is not an MLflow model",
                                    hint="log the model with mlflow.<flavor>.log_model")
-    return yaml.safe_load(mlmodel.read_text()) or {}
+    fix = "log the model again with mlflow.<flavor>.log_model (or repair its MLmodel file)"
+    try:
+        meta = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"the MLmodel file in {folder} is not UTF-8 text", hint=fix) from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ModelLoadError(f"the MLmodel file in {folder} is not valid YAML{line}: "
+                             f"{getattr(exc, 'problem', None) or exc}", hint=fix) from None
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not isinstance(meta.get("flavors", {}), dict):
+        raise ModelLoadError(f"the MLmodel file in {folder} is not an MLflow model description "
+                             "(expected a mapping with a 'flavors' mapping)", hint=fix)
+    return meta
 
 
 def _signature(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -168,8 +183,12 @@ def _signature(meta: dict[str, Any]) -> dict[str, Any] | None:
         return None
     out = {}
     for key in ("inputs", "outputs"):
-        val = sig.get(key)
-        out[key] = json.loads(val) if isinstance(val, str) else val
+        val = sig.get(key) if isinstance(sig, dict) else None
+        try:
+            out[key] = json.loads(val) if isinstance(val, str) else val
+        except ValueError as exc:
+            raise ModelLoadError(f"the model signature's {key} in the MLmodel file is not valid JSON: {exc}",
+                                 hint="log the model again with an input_example or signature") from None
     return out
 
 
@@ -183,8 +202,26 @@ def _download(client: Any, uri: str, dst: Path) -> Path:
         with pinned_store(client.tracking_uri):
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except Exception as exc:
+        if _disk_full(exc):
+            raise ModelResolutionError(f"no space left to download the model files of {uri} into {dst}",
+                                       hint="free some space there, or point TMPDIR at a larger disk") from exc
         raise ModelResolutionError(f"could not download the model files of {uri}: {type(exc).__name__}: {exc}",
                                    hint="check that the artifact store is reachable from this machine") from exc
+
+
+def _disk_full(exc: BaseException) -> bool:
+    import errno
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def resolve(uri: str, *, tracking_uri: str, download_dir: Path) -> ModelVersionInfo:

@@ -7,11 +7,19 @@ Looked up at ``$GOVERNANCE_CONFIG``, else ``./governance.toml``, else ``$XDG_CON
     device = "auto"
     experiment = "governance"
 
+    trust_pickle = false               # true: load pickle-format models (runs their code; see pickle_policy)
+
     [plugins]
     allow = ["neflag", "spectral"]     # load only these (like --plugins / GOVERNANCE_PLUGINS)
     block = ["interaction"]            # never load these (like GOVERNANCE_BLOCK_PLUGINS)
 
-Secrets (webhook secrets, MLflow tokens) are never read from this file: use environment variables.
+    [report]
+    sign_key = "keys/key.pem"          # sign every report (PAdES); passphrase from GOVERNANCE_SIGN_PASSPHRASE
+    sign_cert = "keys/cert.pem"
+    trust = ["trusted-signers/"]       # what `governance verify` trusts when --trust is not given
+
+Secrets (webhook secrets, MLflow tokens, key passphrases) are never read from this file: use environment
+variables.
 """
 
 from __future__ import annotations
@@ -23,7 +31,17 @@ from typing import Any
 
 from governance.contract.errors import ConfigError
 
-KNOWN_KEYS = {"tracking_uri", "device", "experiment", "plugins", "report"}
+KNOWN_KEYS = {"tracking_uri", "device", "experiment", "plugins", "report", "trust_pickle"}
+
+
+def state_dir() -> Path:
+    """Where governance keeps state (the service queue, run locks): ``$GOVERNANCE_HOME``, else
+    ``$XDG_STATE_HOME/governance``, else ``~/.local/state/governance``."""
+    home = os.environ.get("GOVERNANCE_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state") / "governance"
 
 
 def config_path() -> Path | None:

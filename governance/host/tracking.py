@@ -10,6 +10,18 @@ from typing import Iterator
 from governance.contract.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: URI schemes MLflow's own tracking stores understand (``mssql+pyodbc`` etc. count by their first part);
+#: plugins add theirs through the ``mlflow.tracking_store`` entry-point group
+BUILTIN_SCHEMES = frozenset({"http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks",
+                             "databricks-uc", "uc", "file"})
+
+
+def _known_scheme(scheme: str) -> bool:
+    if scheme in BUILTIN_SCHEMES:
+        return True
+    from importlib.metadata import entry_points
+
+    return scheme in {ep.name for ep in entry_points(group="mlflow.tracking_store")}
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -23,6 +35,15 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise TrackingError with a fix when ``uri`` cannot be used. Cheap: no MLflow import for http."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(uri).scheme.lower().split("+", 1)[0] if "://" in uri or uri.startswith("sqlite:") else ""
+    if scheme and not _known_scheme(scheme):
+        raise TrackingError(
+            f"tracking URI {uri!r} has the scheme {scheme}://, which no installed MLflow tracking store handles",
+            hint="use http(s)://host:port for an MLflow server, sqlite:///path/mlflow.db, or a database URI "
+            "(postgresql://, mysql://, mssql://); check --tracking-uri / MLFLOW_TRACKING_URI",
+        )
     if uri.startswith(("http://", "https://")):
         import urllib.error
         import urllib.request

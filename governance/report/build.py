@@ -7,14 +7,20 @@ Output folder::
     report.pdf           PDF/A-3b, report.json and manifest.json embedded
     report.pdf.sha256    the PDF's sha256 (sha256sum format)
     manifest.json        sha256 of every artifact, report.json and report.html
+    manifest.json.p7s    detached CMS signature over manifest.json (signed reports only)
     evidence/            copy of the run's evidence (run.json, explanations/<method>/...)
+
+The bundle is built in a temporary sibling folder and renamed into place when complete, so a failed or
+interrupted build never leaves a half-written report (nor removes the previous one).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -26,7 +32,7 @@ from governance.report import manifest as mf
 log = logging.getLogger("governance.report")
 
 #: files build_report owns in its output folder (replaced on every build)
-REPORT_FILES = ("report.json", "report.html", "report.pdf", "report.pdf.sha256", "manifest.json")
+REPORT_FILES = ("report.json", "report.html", "report.pdf", "report.pdf.sha256", "manifest.json", "manifest.json.p7s")
 
 
 @dataclass
@@ -56,6 +62,8 @@ class ReportResult:
     logged: bool = False
     #: model-version tags set when the report was logged
     version_tags: dict[str, str] = field(default_factory=dict)
+    #: the signing certificate's facts (name, certificate_sha256, ...) when the report is signed
+    signature: dict[str, Any] | None = None
     #: the promotion gate's decision printed on the first page (governance.report.gate.decide), when gated
     gate: dict[str, Any] | None = None
     #: notifications sent about this report (governance.host.notify.Delivery.to_dict())
@@ -64,6 +72,15 @@ class ReportResult:
     @property
     def pdf(self) -> Path | None:
         return self.pdf_path
+
+    def relocated(self, old: Path, new: Path) -> "ReportResult":
+        """The same result with every path under ``old`` moved to ``new`` (after the bundle was renamed)."""
+        def move(p: Path | None) -> Path | None:
+            return new / p.relative_to(old) if p is not None else None
+
+        self.out_dir, self.json_path, self.html_path = new, move(self.json_path), move(self.html_path)
+        self.manifest_path, self.pdf_path = move(self.manifest_path), move(self.pdf_path)
+        return self
 
     @property
     def status(self) -> str:
@@ -75,6 +92,8 @@ class ReportResult:
         fs = [self.json_path, self.html_path, self.manifest_path]
         if self.pdf_path:
             fs += [self.pdf_path, self.pdf_path.with_name(self.pdf_path.name + ".sha256")]
+        if self.signature:
+            fs.append(self.manifest_path.with_name(self.manifest_path.name + ".p7s"))
         return fs
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +106,8 @@ class ReportResult:
                        "pdf": self.pdf_sha256},
             "pages": self.pages, "pdf_variant": self.pdf_variant, "refused_urls": self.refused_urls,
             "notes": self.notes, "model": self.model, "run_id": self.run_id, "logged_to_mlflow": self.logged,
-            "version_tags": self.version_tags, "gate": self.gate, "notifications": self.notifications,
+            "version_tags": self.version_tags, "signature": self.signature, "gate": self.gate,
+            "notifications": self.notifications,
             "policy": {"name": self.policy.get("name"), "verdict": self.policy.get("verdict"),
                        "counts": self.policy.get("counts")} if self.policy else None,
         }
@@ -115,11 +135,8 @@ def _method_meta(host: Any, run_doc: Mapping[str, Any]) -> tuple[dict[str, dict[
 def _copy_evidence(src: Path, dst: Path, rels: list[str]) -> None:
     for rel in rels:
         target = dst / rel
-        source = src / rel
-        if target.exists() and target.resolve() == source.resolve():
-            continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
+        shutil.copy2(src / rel, target)
 
 
 def _dump(obj: Any) -> bytes:
@@ -142,7 +159,45 @@ def check_report_inputs(policy: Any, model_card: Any, template_dirs: Iterable[Pa
     return loaded
 
 
-def _run_document(run: Any, workdir: Path | str | None) -> tuple[dict[str, Any], Path | None]:
+def _ours(folder: Path) -> bool:
+    """True when ``folder`` holds nothing but a previous report bundle (safe to replace as a whole)."""
+    return all(p.name in REPORT_FILES or p.name == mf.EVIDENCE_DIR for p in folder.iterdir())
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Rename the finished bundle to ``out``. A folder holding only an earlier bundle is swapped as a whole;
+    a folder with other files in it keeps them (only the bundle's own files are replaced)."""
+    if not out.exists():
+        os.replace(stage, out)
+        return
+    if _ours(out):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "bundle")
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    if (stage / mf.EVIDENCE_DIR).is_dir():
+        if (out / mf.EVIDENCE_DIR).exists():
+            shutil.rmtree(out / mf.EVIDENCE_DIR)
+        os.replace(stage / mf.EVIDENCE_DIR, out / mf.EVIDENCE_DIR)
+    for name in REPORT_FILES:
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+@dataclass
+class _Inputs:
+    run_doc: dict[str, Any]
+    workdir: Path | None
+    template_dirs: list[Path]
+    notes: list[str]
+
+
+def _inputs(run: Any, workdir: Path | str | None, template_dirs: Iterable[Path | str]) -> _Inputs:
+    """Check everything the build reads before any file is written."""
     from governance.contract.results import jsonable
 
     if hasattr(run, "to_dict"):
@@ -154,72 +209,14 @@ def _run_document(run: Any, workdir: Path | str | None) -> tuple[dict[str, Any],
         raise ReportError(f"build_report needs a RunResult or a run document (dict), got {type(run).__name__}")
     if not run_doc.get("model"):
         raise ReportError("the run document has no 'model' block", hint="pass RunResult.to_dict() or run.json")
-    return run_doc, Path(workdir) if workdir is not None else None
-
-
-def _prepare_folder(out: Path, workdir: Path | None, copy_evidence: bool) -> tuple[Path | None, list[dict[str, Any]]]:
-    """Clear this builder's files from ``out`` (no stale file next to a new report), copy and hash the evidence.
-    Returns the evidence root and the hashed artifacts."""
-    for name in REPORT_FILES:
-        (out / name).unlink(missing_ok=True)
-    evidence = out / mf.EVIDENCE_DIR
-    if copy_evidence and evidence.is_dir() and workdir is not None and evidence.resolve() != workdir.resolve():
-        shutil.rmtree(evidence)
-    rels = mf.collect_evidence(workdir)
-    evidence_root = workdir
-    if workdir is not None and copy_evidence:
-        evidence_root = evidence
-        _copy_evidence(workdir, evidence_root, rels)
-    return evidence_root, (mf.hash_artifacts(evidence_root, rels) if evidence_root else [])
-
-
-def _write_pdf(out: Path, doc: dict[str, Any], html: str, template_dirs: list[Path], json_bytes: bytes,
-               manifest_bytes: bytes) -> tuple[Path, str, dict[str, Any]]:
-    from datetime import datetime
-
-    from governance.report.pdf import render_pdf
-    from governance.report.render import template_roots
-
-    pdf_path = out / "report.pdf"
-    created = datetime.fromisoformat(doc["generated_at"].replace("Z", "+00:00"))
-    try:
-        info = render_pdf(
-            html, pdf_path, base_dir=out, asset_roots=template_roots(template_dirs), created=created,
-            attachments=[
-                ("report.json", json_bytes, "Report document (source of truth, governance.report/1)", "Source"),
-                ("manifest.json", manifest_bytes, "sha256 manifest of the evidence and report files", "Supplement"),
-            ],
-        )
-    except Exception as exc:
-        raise ReportError(f"PDF rendering failed: {type(exc).__name__}: {exc}",
-                          hint="report.json and report.html were written; check `governance doctor`") from exc
-    pdf_sha = mf.sha256_file(pdf_path)
-    pdf_path.with_name(pdf_path.name + ".sha256").write_text(f"{pdf_sha}  {pdf_path.name}\n", encoding="utf-8")
-    return pdf_path, pdf_sha, info
-
-
-def _write_documents(out: Path, doc: dict[str, Any], template_dirs: list[Path], methods: dict[str, type],
-                     evidence_root: Path | None, plugin_host: Any) -> tuple[str, bytes, bytes, bytes]:
-    """Render the sections, then write report.json, report.html and manifest.json; returns the HTML and the
-    three files' bytes."""
-    from governance.report.render import make_env, plugin_sections, render_html, render_method_sections
-
-    env = make_env(template_dirs)
-    method_html = render_method_sections(doc, env, methods, evidence_root)
-    supplementary = plugin_sections(doc, env, plugin_host)
-    json_bytes = _dump(doc)
-    (out / "report.json").write_bytes(json_bytes)
-    try:
-        html = render_html(doc, env, method_html=method_html, supplementary=supplementary,
-                           report_json_sha256=mf.sha256_bytes(json_bytes))
-    except Exception as exc:
-        raise ReportError(f"the report template failed: {type(exc).__name__}: {exc}",
-                          hint="if you override templates (--template-dir), check them against the shipped ones") from exc
-    html_bytes = html.encode("utf-8")
-    (out / "report.html").write_bytes(html_bytes)
-    manifest_bytes = _dump(mf.build_manifest(doc, report_json=json_bytes, report_html=html_bytes))
-    (out / "manifest.json").write_bytes(manifest_bytes)
-    return html, json_bytes, html_bytes, manifest_bytes
+    dirs = [Path(d) for d in template_dirs]
+    check_report_inputs(None, None, dirs)
+    wd = Path(workdir) if workdir is not None else None
+    notes: list[str] = []
+    if wd is None or not wd.is_dir():
+        notes.append("no run folder was given: the report has no figures and lists no evidence artifacts")
+        wd = None
+    return _Inputs(run_doc, wd, dirs, notes)
 
 
 def build_report(
@@ -231,6 +228,7 @@ def build_report(
     policy: Any = None,
     template_dirs: Iterable[Path | str] = (),
     signer: Mapping[str, Any] | None = None,
+    signing: Any = None,
     pdf: bool = True,
     copy_evidence: bool = True,
     plugin_host: Any = None,
@@ -242,57 +240,147 @@ def build_report(
     ``workdir`` (default ``run.workdir``) holds the evidence (``explanations/<method>/...``); without it
     the report has no figures and lists no artifacts. ``policy`` is a path, a dict or a ``Policy``;
     ``model_card`` a YAML path or a dict; ``template_dirs`` override shipped templates; ``signer``
-    ({name, role, organisation, email}) names the person who signs the report first. ``gate`` (a
+    ({name, role, organisation, email}) names the person who signs the report first. ``signing`` (a
+    :class:`~governance.report.signing.SigningIdentity`) signs the PDF (PAdES) and the manifest (CMS). ``gate`` (a
     :class:`~governance.report.gate.GateRequest`) puts the promotion gate's decision on the first page.
     """
-    from governance.report.card import resolve_human_fields
-    from governance.report.document import build_document
-    from governance.report.policy import evaluate_policy
-
-    run_doc, workdir = _run_document(run, workdir)
-    template_dirs = [Path(d) for d in template_dirs]
-    check_report_inputs(None, None, template_dirs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
-    if workdir is None or not workdir.is_dir():
-        notes.append("no run folder was given: the report has no figures and lists no evidence artifacts")
-        workdir = None
+    inputs = _inputs(run, workdir, template_dirs)
+    if signing is not None and not pdf:
+        raise ReportError("a signed report needs its PDF", hint="drop --no-pdf, or do not pass a signing key")
     if plugin_host is None:
         from governance.host.plugins import get_plugin_host
 
         plugin_host = get_plugin_host()
-    evidence_root, artifacts = _prepare_folder(out, workdir, copy_evidence)
+    out = Path(out_dir)
+    check_output_dir(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    except OSError as exc:
+        raise _write_error(out, exc) from exc
+    try:
+        result = _build_in(stage, inputs, model_card=model_card, policy=policy, signer=signer, signing=signing,
+                           pdf=pdf, copy_evidence=copy_evidence, plugin_host=plugin_host, generated_at=generated_at,
+                           gate=gate)
+        _move_into_place(stage, out)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise _write_error(out, exc) from exc
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return result.relocated(stage, out)
+
+
+#: free space a report needs at least (a PDF, its evidence copy and the staging copy)
+MIN_FREE_BYTES = 20 << 20
+
+
+def check_output_dir(out: Path | str, *, min_free: int = MIN_FREE_BYTES) -> None:
+    """Raise ReportError unless ``out`` exists or can be created, is writable and has some free space.
+    Creates nothing: the nearest existing parent is what is checked."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"the report folder {out} is a file", hint="choose another --out folder")
+    base = out.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ReportError(f"cannot create the report folder {out}: {base} is not a folder",
+                          hint="choose another --out folder")
+    for folder in (base, out) if out.is_dir() else (base,):
+        if not _writable(folder):
+            raise ReportError(f"the report folder {folder} is not writable",
+                              hint="choose a writable --out folder, or fix its permissions")
+    free = shutil.disk_usage(base).free
+    if free < min_free:
+        raise ReportError(f"only {free >> 20} MiB are free under {base}; a report needs at least {min_free >> 20} MiB",
+                          hint="free some space or choose another --out folder")
+
+
+def _writable(folder: Path) -> bool:
+    """Permission bits are not the whole story (root, read-only mounts, immutable folders): try it."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".governance-write-test-"):
+            return True
+    except OSError:
+        return False
+
+
+def _write_error(out: Path, exc: OSError) -> ReportError:
+    return ReportError(f"writing the report to {out} failed: {exc.strerror or exc}",
+                       hint="free some space or choose a writable --out folder; nothing was left behind")
+
+
+def _build_in(stage: Path, inputs: _Inputs, *, model_card: Any, policy: Any, signer: Mapping[str, Any] | None,
+              signing: Any, pdf: bool, copy_evidence: bool, plugin_host: Any, generated_at: str | None,
+              gate: Any = None) -> ReportResult:
+    """Write the whole bundle into ``stage``."""
+    from governance.report.card import resolve_human_fields
+    from governance.report.document import build_document
+    from governance.report.policy import evaluate_policy
+    from governance.report.render import make_env, plugin_sections, render_html, render_method_sections
+
+    run_doc, workdir = inputs.run_doc, inputs.workdir
+    rels = mf.collect_evidence(workdir)
+    evidence_root = workdir
+    if workdir is not None and copy_evidence:
+        evidence_root = stage / mf.EVIDENCE_DIR
+        _copy_evidence(workdir, evidence_root, rels)
+    artifacts = mf.hash_artifacts(evidence_root, rels) if evidence_root else []
 
     human, extra = resolve_human_fields(run_doc["model"], model_card)
     policy_result = evaluate_policy(policy, run_doc) if policy is not None else None
     meta, methods = _method_meta(plugin_host, run_doc)
     doc = build_document(
         run_doc, human=human, human_extra=extra, policy=policy_result, method_meta=meta, artifacts=artifacts,
-        signer=signer, generated_at=generated_at,
+        signer=signer, signature=signing.describe() if signing is not None else None, generated_at=generated_at,
         model_card_source=(str(model_card) if isinstance(model_card, (str, Path)) else
                            "inline" if model_card is not None else None),
     )
-    doc["limitations"]["rendering"].extend(notes)
+    doc["limitations"]["rendering"].extend(inputs.notes)
     doc["gate"] = _gate_block(gate, policy_result)
-    html, json_bytes, html_bytes, manifest_bytes = _write_documents(out, doc, template_dirs, methods,
-                                                                    evidence_root, plugin_host)
+
+    env = make_env(inputs.template_dirs)
+    method_html = render_method_sections(doc, env, methods, evidence_root)
+    supplementary = plugin_sections(doc, env, plugin_host)
+    json_bytes = _dump(doc)
     json_sha = mf.sha256_bytes(json_bytes)
-    pdf_path = pdf_sha = None
+    (stage / "report.json").write_bytes(json_bytes)
+    try:
+        html = render_html(doc, env, method_html=method_html, supplementary=supplementary,
+                           report_json_sha256=json_sha)
+    except Exception as exc:
+        raise ReportError(f"the report template failed: {type(exc).__name__}: {exc}",
+                          hint="if you override templates (--template-dir), check them against the shipped ones") from exc
+    html_bytes = html.encode("utf-8")
+    (stage / "report.html").write_bytes(html_bytes)
+    manifest_bytes = _dump(mf.build_manifest(doc, report_json=json_bytes, report_html=html_bytes))
+    (stage / "manifest.json").write_bytes(manifest_bytes)
+
     info: dict[str, Any] = {"pages": None, "variant": None, "refused_urls": []}
+    pdf_path = pdf_sha = None
     if pdf:
-        pdf_path, pdf_sha, info = _write_pdf(out, doc, html, template_dirs, json_bytes, manifest_bytes)
-    refused = [f"{len(info['refused_urls'])} external URL(s) in the report were refused, not fetched"] \
-        if info["refused_urls"] else []
+        pdf_path = stage / "report.pdf"
+        info = _write_pdf(pdf_path, html, doc, json_bytes, manifest_bytes, inputs.template_dirs, stage)
+        if signing is not None:
+            _sign(stage, pdf_path, manifest_bytes, signing, doc)
+        pdf_sha = mf.sha256_file(pdf_path)
+        pdf_path.with_name(pdf_path.name + ".sha256").write_text(f"{pdf_sha}  {pdf_path.name}\n", encoding="utf-8")
+    pdf_notes = ([f"{len(info['refused_urls'])} external URL(s) in the report were refused, not fetched"]
+                 if info["refused_urls"] else [])
     return ReportResult(
-        out_dir=out, report_id=doc["report_id"], json_path=out / "report.json", html_path=out / "report.html",
-        manifest_path=out / "manifest.json", pdf_path=pdf_path, json_sha256=json_sha,
+        out_dir=stage, report_id=doc["report_id"], json_path=stage / "report.json", html_path=stage / "report.html",
+        manifest_path=stage / "manifest.json", pdf_path=pdf_path, json_sha256=json_sha,
         html_sha256=mf.sha256_bytes(html_bytes), manifest_sha256=mf.sha256_bytes(manifest_bytes),
         pdf_sha256=pdf_sha, verdict=policy_result["verdict"] if policy_result else None, policy=policy_result,
         pages=info["pages"], pdf_variant=info["variant"], refused_urls=info["refused_urls"],
-        notes=list(doc["limitations"]["rendering"]) + refused,
+        notes=list(doc["limitations"]["rendering"]) + pdf_notes,
         model={k: doc["model"].get(k) for k in ("name", "version", "uri", "run_id", "content_sha256")},
-        run_status=run_doc.get("status"), run_id=(run_doc.get("mlflow") or {}).get("run_id"), gate=doc["gate"],
+        run_status=run_doc.get("status"), run_id=(run_doc.get("mlflow") or {}).get("run_id"),
+        signature=doc["document"]["signature"], gate=doc["gate"],
     )
 
 
@@ -303,3 +391,32 @@ def _gate_block(gate: Any, policy_result: Mapping[str, Any] | None) -> dict[str,
     from governance.report.gate import decide
 
     return decide(gate, policy_result["verdict"] if policy_result else None, policy_result)
+
+
+def _write_pdf(pdf_path: Path, html: str, doc: Mapping[str, Any], json_bytes: bytes, manifest_bytes: bytes,
+               template_dirs: list[Path], base_dir: Path) -> dict[str, Any]:
+    from datetime import datetime
+
+    from governance.report.pdf import render_pdf
+    from governance.report.render import template_roots
+
+    created = datetime.fromisoformat(doc["generated_at"].replace("Z", "+00:00"))
+    try:
+        return render_pdf(
+            html, pdf_path, base_dir=base_dir, asset_roots=template_roots(template_dirs), created=created,
+            attachments=[
+                ("report.json", json_bytes, "Report document (source of truth, governance.report/1)", "Source"),
+                ("manifest.json", manifest_bytes, "sha256 manifest of the evidence and report files", "Supplement"),
+            ],
+        )
+    except Exception as exc:
+        raise ReportError(f"PDF rendering failed: {type(exc).__name__}: {exc}",
+                          hint="nothing was written to the output folder; check `governance doctor`") from exc
+
+
+def _sign(stage: Path, pdf_path: Path, manifest_bytes: bytes, signing: Any, doc: Mapping[str, Any]) -> None:
+    from governance.report.signing import MANIFEST_SIGNATURE, sign_detached, sign_pdf
+
+    model = doc["model"].get("display_name")
+    sign_pdf(pdf_path, signing, reason=f"governance report {doc['report_id']} for {model}")
+    (stage / MANIFEST_SIGNATURE).write_bytes(sign_detached(manifest_bytes, signing))

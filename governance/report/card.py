@@ -106,10 +106,14 @@ def load_model_card(card: Path | str | Mapping[str, Any] | None) -> dict[str, An
         path = Path(card)
         if not path.is_file():
             raise ConfigError(f"model card {path} does not exist", hint="pass --model-card with a YAML file")
+        fix = "write the model card as UTF-8 YAML (see examples/model-card.yaml)"
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"model card {path} is not text (it is not valid UTF-8; a binary file?)",
+                              hint=fix) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"model card {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"model card {path} is not valid YAML: {exc}", hint=fix) from None
         where = f"model card {path}"
         data = data or {}
     if not isinstance(data, dict):

@@ -8,7 +8,9 @@ is kept under ``run`` for machine readers.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import secrets
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -33,14 +35,15 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def make_report_id(run: Mapping[str, Any], generated_at: str) -> str:
-    """``GR-YYYYMMDD-XXXXXXXX``: date plus 8 hex digits over the model bytes, run config and time."""
-    model = run.get("model") or {}
-    h = hashlib.sha256(
-        f"{model.get('content_sha256')}|{model.get('uri')}|{run.get('config_hash')}|{generated_at}".encode()
+def make_report_id(run: Mapping[str, Any], generated_at: str, nonce: str | None = None) -> str:
+    """``GR-YYYYMMDD-CCCCCCCC-RRRRRRRR``: the date, 8 hex digits of the run document's content hash and 8
+    random hex digits. Two reports built from the same run in the same second (a CLI report and a worker
+    job, or a forger rebuilding an edited run document with the same ``generated_at``) never share an ID."""
+    content = hashlib.sha256(
+        json.dumps(run, sort_keys=True, default=str, ensure_ascii=False).encode() + b"|" + generated_at.encode()
     ).hexdigest()
     day = re.sub(r"\D", "", generated_at)[:8] or "00000000"
-    return f"GR-{day}-{h[:8].upper()}"
+    return f"GR-{day}-{content[:8].upper()}-{(nonce or secrets.token_hex(4)).upper()}"
 
 
 def quality_kind(metric: str) -> str | None:
@@ -215,11 +218,14 @@ def build_document(
     method_meta: Mapping[str, Mapping[str, Any]],
     artifacts: list[dict[str, Any]],
     signer: Mapping[str, Any] | None = None,
+    signature: Mapping[str, Any] | None = None,
     generated_at: str | None = None,
     tool_version: str | None = None,
     model_card_source: str | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report document (plain JSON)."""
+    """Assemble the report document (plain JSON). ``signature`` describes the certificate the PDF will be
+    signed with (:meth:`governance.report.signing.SigningIdentity.describe`); the signature itself is added
+    to the PDF after rendering, so the document can name its signer on the sign-off page."""
     from governance import __version__
 
     generated_at = generated_at or utc_now()
@@ -237,10 +243,11 @@ def build_document(
         "generated_at": generated_at,
         "document": {
             "report_id": report_id, "revision": "1", "generated_at": generated_at,
-            "status": "Draft for sign-off",
+            "status": "Digitally signed" if signature else "Draft for sign-off",
             "generator": f"governance {tool_version or __version__}",
             "model_card": model_card_source,
             "signer": signer_block,
+            "signature": dict(signature) if signature else None,
             "frameworks": [{"id": k, **v} for k, v in FRAMEWORKS.items()],
         },
         "verdict": verdict,

@@ -5,7 +5,8 @@ artifact root is the evidence root the manifest refers to (``report/`` sits besi
 Model-version tags: ``governance.report_run_id``, ``governance.report_sha256`` (the PDF's sha256),
 ``governance.report_id``, ``governance.run_status`` (ok | partial | failed), ``governance.verdict`` (the policy
 verdict, ``none`` without a policy) and ``governance.status``, the one-word summary: the verdict when a policy
-was applied, else the run's status.
+was applied, else the run's status. A signed report adds ``governance.report_signer`` and
+``governance.report_signer_sha256`` (the signing certificate's sha256) on the run and the version.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def previous_version_record(tracking_uri: str | None, model: Mapping[str, Any]) 
     return out
 
 
+def signer_tags(result: ReportResult) -> dict[str, str]:
+    """Who signed the report (empty for an unsigned one): the certificate's name and sha256."""
+    sig = result.signature or {}
+    if not sig:
+        return {}
+    return {"governance.report_signer": str(sig.get("name") or "")[:250],
+            "governance.report_signer_sha256": str(sig.get("certificate_sha256") or "")}
+
+
 def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None = None) -> dict[str, str]:
     """Log the report files under ``report/`` in the run and set the run and model-version tags.
 
@@ -87,7 +97,7 @@ def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None =
             client.log_artifact(run_id, str(path), REPORT_ARTIFACT_PATH)
         run_tags = {"governance.report_id": result.report_id, "governance.report_sha256": result.pdf_sha256 or "",
                     "governance.report_json_sha256": result.json_sha256,
-                    "governance.report_verdict": result.verdict or "none"}
+                    "governance.report_verdict": result.verdict or "none", **signer_tags(result)}
         for k, v in run_tags.items():
             if v:
                 client.set_tag(run_id, k, v)
@@ -96,7 +106,8 @@ def publish_report(result: ReportResult, run: Any, *, tracking_uri: str | None =
             version_tags = {"governance.report_run_id": run_id, "governance.report_id": result.report_id,
                             "governance.report_sha256": result.pdf_sha256 or result.json_sha256,
                             "governance.run_status": result.run_status or "unknown",
-                            "governance.verdict": result.verdict or "none", "governance.status": result.status}
+                            "governance.verdict": result.verdict or "none", "governance.status": result.status,
+                            **signer_tags(result)}
             for k, v in version_tags.items():
                 client.set_model_version_tag(model["name"], str(model["version"]), k, v)
     except TrackingError:

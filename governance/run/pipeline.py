@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,10 +34,14 @@ def utcnow() -> str:
 
 
 def load_model(info: Any, *, device: str, batch_size: int | None, host: Any, output: str | None = None,
-               task: str | None = None) -> Any:
-    """Ask the ``load_model`` hook for a runtime; a clear error when no plugin can load the flavor."""
-    model = host.hook.load_model(info=info, options={"device": device, "batch_size": batch_size,
-                                                     "output": output, "task": task})
+               task: str | None = None, trust_pickle: bool | None = None) -> Any:
+    """Ask the ``load_model`` hook for a runtime; a clear error when no plugin can load the flavor.
+    ``trust_pickle=True`` is an explicit opt-in to pickle-format models (None: the environment and settings
+    decide, see :mod:`governance.host.runtimes.pickle_policy`)."""
+    options = {"device": device, "batch_size": batch_size, "output": output, "task": task}
+    if trust_pickle is not None:
+        options["trust_pickle"] = trust_pickle
+    model = host.hook.load_model(info=info, options=options)
     if model is None:
         raise ModelLoadError(
             f"no installed plugin can load {info.display_name} (flavors: {', '.join(info.flavors) or 'none'})",
@@ -112,7 +117,8 @@ class Pipeline:
     """One explanation job over one model version. Use :func:`governance.api.explain` for the simple path."""
 
     def __init__(self, model_uri: str, spec: RunSpec, *, host: Any, tracking_uri: str | None = None,
-                 workdir: Path | None = None, progress: ProgressFn | None = None, invocation: str | None = None):
+                 workdir: Path | None = None, progress: ProgressFn | None = None, invocation: str | None = None,
+                 run_tags: dict[str, str] | None = None):
         from governance.host.tracking import resolve_tracking_uri
 
         self.model_uri = model_uri
@@ -121,6 +127,10 @@ class Pipeline:
         self.host = host
         self.progress: ProgressFn = progress or (lambda method, fraction, message: None)
         self.invocation = invocation
+        self.run_tags = dict(run_tags or {})
+        #: a temp folder the pipeline made itself is removed when the run fails, and its downloads when it succeeds
+        self.owns_workdir = workdir is None
+        self.keep_workdir = False  # set when results could not be uploaded: the local copy is all there is
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="governance-run-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -138,7 +148,7 @@ class Pipeline:
         info = resolve(self.model_uri, tracking_uri=self.tracking_uri, download_dir=self.workdir / "_model")
         self.progress("", 0.0, f"loading {info.display_name}")
         model = load_model(info, device=spec.device, batch_size=spec.batch_size, host=self.host, output=spec.output,
-                           task=spec.task)
+                           task=spec.task, trust_pickle=spec.trust_pickle or None)
         data_all = load_dataset(spec.data, model, target=spec.target, tracking_uri=self.tracking_uri,
                                 download_dir=self.workdir / "_data")
         rng = np.random.default_rng(spec.seed)
@@ -175,14 +185,29 @@ class Pipeline:
         for k, uri in enumerate(uris):
             pinfo = resolve(uri, tracking_uri=self.tracking_uri, download_dir=self.workdir / "_model" / f"peer{k}")
             peers.append(load_model(pinfo, device=self.spec.device, batch_size=self.spec.batch_size, host=self.host,
-                                    output=self.spec.output, task=self.spec.task))
+                                    output=self.spec.output, task=self.spec.task,
+                                    trust_pickle=self.spec.trust_pickle or None))
             infos.append({"uri": uri, "name": pinfo.name, "version": pinfo.version,
                           "content_sha256": pinfo.content_sha256})
         return peers, infos
 
     # ------------------------------------------------------------------------------------------ run
     def run(self) -> RunResult:
+        """Prepare, then reuse or run. Identical jobs run one at a time (:mod:`governance.run.locks`); a failure
+        removes the pipeline's own temp folder, a success its model and data downloads."""
+        try:
+            result = self._run()
+        except BaseException:
+            if self.owns_workdir and not self.keep_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        for sub in ("_model", "_data"):  # copies of the model and the data: the evidence stays for the caller
+            shutil.rmtree(self.workdir / sub, ignore_errors=True)
+        return result
+
+    def _run(self) -> RunResult:
         from governance import __version__
+        from governance.run.locks import config_lock
         from governance.run.sink import MlflowSink
 
         prep = self.prepare()
@@ -190,8 +215,12 @@ class Pipeline:
         chash = config_hash({"model": prep.info.content_sha256, "config": cfg, "tool": __version__})
         sink = MlflowSink(self.tracking_uri)
         exp_id = sink.experiment_id(self.spec.experiment)
-        previous = sink.previous_runs(exp_id, chash)
-        reused = self._reusable(sink, previous)
+        with config_lock(self.tracking_uri, chash):
+            return self._reuse_or_run(prep, cfg, chash, exp_id, sink)
+
+    def _reuse_or_run(self, prep: Prepared, cfg: dict[str, Any], chash: str, exp_id: str, sink: Any) -> RunResult:
+        previous = sink.previous_runs(exp_id, chash)  # read under the lock: a run that just finished counts
+        reused = self._reusable(sink, previous, prep)
         if reused is not None:
             return reused
         result = self._new_result(prep, cfg, chash, exp_id, sink)
@@ -207,7 +236,9 @@ class Pipeline:
         )
         return self._finish(result, prep, outcome, sink)
 
-    def _reusable(self, sink: Any, previous: list[Any]) -> RunResult | None:
+    def _reusable(self, sink: Any, previous: list[Any], prep: Prepared) -> RunResult | None:
+        """The finished identical run, read back; the version's tags then name it (not whichever run an
+        earlier, different job left there)."""
         if not previous or not self.spec.reuse or self.spec.force:
             return None
         done = next((r for r in previous if r.info.status == "FINISHED"
@@ -217,7 +248,12 @@ class Pipeline:
         from governance.run.reuse import load_previous_run
 
         log.info("reusing run %s (same model and configuration)", done.info.run_id)
-        return load_previous_run(sink, done.info.run_id, self.workdir)
+        run = load_previous_run(sink, done.info.run_id, self.workdir)
+        sink.tag_version(prep.info, {"governance.status": run.status or "ok", "governance.run_status": run.status or "ok",
+                                     "governance.run_id": done.info.run_id,
+                                     "governance.config_hash": done.data.tags.get("governance.config_hash", ""),
+                                     "governance.updated_at": utcnow()})
+        return run
 
     def _new_result(self, prep: Prepared, cfg: dict[str, Any], chash: str, exp_id: str, sink: Any) -> RunResult:
         from governance.host.environment import describe_environment
@@ -243,6 +279,7 @@ class Pipeline:
             "governance.source_run_id": info.run_id or "", "governance.model_sha256": info.content_sha256,
             "governance.config_hash": result.config_hash, "governance.tool_version": __version__,
             "governance.methods": ",".join(p.name for p in prep.planned), "governance.status": "running",
+            **self.run_tags,
         }
         run_name = f"{info.name or 'model'}-v{info.version or '?'}-explain"
         result.mlflow_run_id = run_id = sink.start_run(result.experiment_id, run_name,
@@ -282,8 +319,11 @@ class Pipeline:
             sink.fail_quietly(run_id, f"upload failed: {exc}")
         self.host.call_each("run_finished", run=result)
         if upload_errors:
-            raise TrackingError(
+            self.keep_workdir = True
+            err = TrackingError(
                 f"MLflow run {run_id} is marked failed: uploads failed ({'; '.join(upload_errors)[:500]})",
                 hint=f"everything computed is kept in {self.workdir}; fix the tracking store and run again",
             )
+            err.kept_workdir = str(self.workdir)  # callers that own the folder must not remove it
+            raise err
         return result

@@ -133,6 +133,18 @@ class RunSpec:
     signer: str | None = _opt(None, CliOption(
         ("--signer",), "The responsible person who will sign the report: 'NAME, ROLE, ORG' "
         "[settings: report.signer].", _REPORT | _SERVICE, settings="report.signer", metavar="'NAME, ROLE, ORG'"))
+    sign_key: str | None = _opt(None, CliOption(
+        ("--sign-key",), "Private key (PEM/DER) or PKCS#12 file that signs the PDF (PAdES) and the manifest "
+        "[settings: report.sign_key; passphrase from GOVERNANCE_SIGN_PASSPHRASE only].", _REPORT | _SERVICE,
+        settings="report.sign_key", metavar="KEY"))
+    sign_cert: str | None = _opt(None, CliOption(
+        ("--sign-cert",), "The signing key's certificate, PEM/DER, its chain after it [settings: report.sign_cert]. "
+        "Make a test pair with `governance keygen`.", _REPORT | _SERVICE, settings="report.sign_cert",
+        metavar="CERT"))
+    trust_pickle: bool = _opt(False, CliOption(
+        ("--trust-pickle",), "Allow pickle-format models: loading one runs any code its author put into it. Only "
+        "when you trust everyone who can register models (see README, 'Pickle-format models'). The service loads "
+        "pickle only with this option, whatever its environment says.", _ALL, "flag"))
     pdf: bool = _opt(True, CliOption(("--pdf/--no-pdf",), "Render the PDF (--no-pdf: report.json, report.html "
                                      "and manifest.json only).", _REPORT | _SERVICE, "flag"))
     log_to_mlflow: bool = _opt(True, CliOption(("--log/--no-log",), "Log the report to MLflow and tag the model "
@@ -248,8 +260,9 @@ class RunSpec:
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_PATH_FIELDS = ("data", "config_file", "policy", "model_card", "output_dir")
-_HASHED_FILES = ("data", "config_file", "policy", "model_card")
+_PATH_FIELDS = ("data", "config_file", "policy", "model_card", "output_dir", "sign_key", "sign_cert")
+#: files fingerprinted by content (the signing key only by its path: a hash of a private key is not kept)
+_HASHED_FILES = ("data", "config_file", "policy", "model_card", "sign_cert")
 _NOT_FINGERPRINTED = {"output_dir", "log_to_mlflow", "notify"}
 
 

@@ -22,12 +22,9 @@ MIN_SECRET_LENGTH = 16
 
 def state_dir() -> Path:
     """``$GOVERNANCE_HOME``, else ``$XDG_STATE_HOME/governance``, else ``~/.local/state/governance``."""
-    home = os.environ.get(HOME_ENV)
-    if home:
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state"
-    return base / "governance"
+    from governance.host.settings import state_dir as host_state_dir
+
+    return host_state_dir()
 
 
 def default_queue_url() -> str:

@@ -113,7 +113,7 @@ def _notify(spec: Any, ledger: GateLedger, move: Move, decision: dict[str, Any],
 
 
 def _report_or_fail_closed(job: Job, spec: Any, invocation: str, client: Any, ledger: GateLedger, move: Move,
-                           request: GateRequest) -> Any:
+                           request: GateRequest, run_tags: dict[str, str] | None = None) -> Any:
     """The report; when it cannot be made and will not be retried, the gate fails closed (moves the alias back,
     tags the version with the error) and the job fails with what the gate did."""
     from governance.api import report_model
@@ -121,7 +121,8 @@ def _report_or_fail_closed(job: Job, spec: Any, invocation: str, client: Any, le
     from governance.service.worker import describe_error, is_transient
 
     try:
-        return report_model(job.payload["model_uri"], spec=spec, gate=request, invocation=invocation)
+        return report_model(job.payload["model_uri"], spec=spec, gate=request, invocation=invocation,
+                            subfolder=False, run_tags=run_tags)
     except Exception as exc:
         if is_transient(exc) and job.attempts < job.max_attempts:
             raise  # another attempt will come
@@ -136,7 +137,8 @@ class GateReportFailed(Exception):
     """The gated version's report could not be made; the message says what the gate did instead."""
 
 
-def gate_job(job: Job, spec: Any, invocation: str) -> tuple[Any, dict[str, Any]]:
+def gate_job(job: Job, spec: Any, invocation: str, *, run_tags: dict[str, str] | None = None
+             ) -> tuple[Any, dict[str, Any]]:
     """Run a ``kind == "gate"`` job with its prepared RunSpec (``handlers.report_job`` checks the version and picks
     the report folder first). Returns the ReportResult and the gate's outcome for the job's result."""
     from governance.host.tracking import client as tracking_client, resolve_tracking_uri
@@ -148,7 +150,7 @@ def gate_job(job: Job, spec: Any, invocation: str) -> tuple[Any, dict[str, Any]]
     request = GateRequest(alias=move.alias, name=move.name, version=str(move.to_version), mode=SERVICE,
                           alias_before=move.from_version)
     client = tracking_client(resolve_tracking_uri(spec.tracking_uri))
-    result = _report_or_fail_closed(job, spec, invocation, client, ledger, move, request)
+    result = _report_or_fail_closed(job, spec, invocation, client, ledger, move, request, run_tags)
     outcome = decide_and_act(client, ledger, move, result.gate, result.report_id)
     log.info("gate job %s: %s (%s)", job.id, outcome["action"], outcome["detail"])
     _notify(spec, ledger, move, result.gate, outcome, result)

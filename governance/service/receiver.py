@@ -148,14 +148,29 @@ class Receiver:
         except Exception:
             log.exception("purging old delivery ids failed")
 
-    def health(self) -> dict[str, Any]:
+    def authorised(self, headers: Mapping[str, str]) -> bool:
+        """True when the request carries ``Authorization: Bearer <webhook secret>`` (constant-time compare)."""
+        import hmac
+
+        value = _header(headers, "Authorization") or ""
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        return any(hmac.compare_digest(token.strip().encode(), s.encode()) for s in self.secrets)
+
+    def health(self, *, authorised: bool = True) -> dict[str, Any]:
+        """``{"status": "ok"}``; the trigger rules, delivery counts and job counts only for a caller who
+        presents the webhook secret (they tell an attacker which events and models are watched)."""
+        if not authorised:
+            return {"status": "ok"}
         with self._lock:
             stats = dict(self.stats)
         return {"status": "ok", "rules": self.rules.describe(), "deliveries": stats, "jobs": self.queue.counts()}
 
 
 def create_app(receiver: Receiver, *, path: str = "/webhook", worker: Any = None) -> Any:
-    """A Starlette ASGI app: ``POST <path>`` for MLflow, ``GET /health`` for probes.
+    """A Starlette ASGI app: ``POST <path>`` for MLflow, ``GET /health`` for probes (``{"status": "ok"}``;
+    details with ``Authorization: Bearer <GOVERNANCE_WEBHOOK_SECRET>``).
 
     With a :class:`~governance.service.worker.Worker`, the app runs it in a background thread for its
     lifetime: started with the server, woken by each new job, and stopped (running jobs finish or are
@@ -185,8 +200,9 @@ def create_app(receiver: Receiver, *, path: str = "/webhook", worker: Any = None
         return JSONResponse(doc, status_code=status)
 
     async def health(request: Request) -> JSONResponse:
-        doc = await run_in_threadpool(receiver.health)
-        if worker is not None:
+        authorised = receiver.authorised(request.headers)
+        doc = await run_in_threadpool(lambda: receiver.health(authorised=authorised))
+        if worker is not None and authorised:
             doc["worker"] = {"owner": worker.owner, "active_jobs": worker.active_jobs,
                              "alive": bool(thread and thread.is_alive())}
         return JSONResponse(doc)

@@ -31,6 +31,15 @@ _VERSION = re.compile(r"^[0-9]{1,12}$")
 MAX_NAME = 256
 
 
+def normalise_version(version: str | int) -> str:
+    """MLflow version numbers as the registry prints them: ``"002"`` and ``2`` are version ``"2"``.
+    Raises ValueError for anything that is not a positive whole number."""
+    text = str(version).strip()
+    if isinstance(version, bool) or not _VERSION.match(text) or int(text) < 1:
+        raise ValueError(f"{version!r} is not a model version number (1, 2, ...)")
+    return str(int(text))
+
+
 class MalformedDelivery(ValueError):
     """The body is not an MLflow webhook envelope we can act on."""
 
@@ -43,6 +52,9 @@ class Trigger:
     version: str
     kind: str  # created | alias | tag | schedule
     detail: str = ""  # alias name, "key=value", or the scheduled alias
+
+    def __post_init__(self) -> None:  # one spelling per version, so one job per version
+        object.__setattr__(self, "version", normalise_version(self.version))
 
     @property
     def label(self) -> str:
@@ -174,11 +186,12 @@ def parse_envelope(body: bytes) -> tuple[str, dict[str, Any]]:
         return event, data
     clean: dict[str, Any] = {"name": _string(data, "name")}
     version = data.get("version")
-    if isinstance(version, int) and not isinstance(version, bool):
-        version = str(version)
-    if not isinstance(version, str) or not _VERSION.match(version):
+    if not isinstance(version, (str, int)) or isinstance(version, bool):
         raise MalformedDelivery("data.version must be a version number")
-    clean["version"] = version
+    try:
+        clean["version"] = normalise_version(version)
+    except ValueError:
+        raise MalformedDelivery("data.version must be a version number (1, 2, ...)") from None
     if event == EVENT_ALIAS:
         clean["alias"] = _string(data, "alias")
     elif event == EVENT_TAG:

@@ -79,14 +79,18 @@ def test_report_on_a_registered_model_logs_to_mlflow_and_tags_the_version(regist
                       "  - {metric: performance.accuracy, op: '>=', value: 0.5}\n")
     card = tmp_path / "card.yaml"
     card.write_text("intended_use: test of the report command\napprovers: [{name: Q. Approver, role: MRM}]\n")
+    from governance.report.signing import make_test_identity
+
+    key, cert = make_test_identity(tmp_path / "keys", name="R. Eporter")
     args = ("report", "models:/bc-mlp/1", "--methods", "occlusion", "--tracking-uri", registry.uri,
             "--experiment", "report-cli", "--policy", str(policy), "--model-card", str(card),
-            "-o", str(tmp_path / "out"), "--json")
+            "-o", str(tmp_path / "out"), "--sign-key", str(key), "--sign-cert", str(cert), "--json")
     code, out, err = cli_invoke(*args)
     assert code == 0, err
     doc = json.loads(out)
     run_id = doc["run_id"]
     assert doc["logged_to_mlflow"] and doc["verdict"] == "pass"
+    fingerprint = doc["signature"]["certificate_sha256"]
 
     client = registry.client()
     tags = client.get_model_version("bc-mlp", "1").tags
@@ -94,16 +98,19 @@ def test_report_on_a_registered_model_logs_to_mlflow_and_tags_the_version(regist
     assert tags["governance.report_sha256"] == doc["sha256"]["pdf"]
     assert tags["governance.status"] == "pass"
     assert tags["governance.report_id"] == doc["report_id"]
+    assert tags["governance.report_signer"] == "R. Eporter" and tags["governance.report_signer_sha256"] == fingerprint
     names = {f.path for f in client.list_artifacts(run_id, "report")}
     assert names == {"report/report.pdf", "report/report.html", "report/report.json", "report/manifest.json",
-                     "report/report.pdf.sha256"}
-    assert client.get_run(run_id).data.tags["governance.report_sha256"] == doc["sha256"]["pdf"]
+                     "report/report.pdf.sha256", "report/manifest.json.p7s"}
+    run_tags = client.get_run(run_id).data.tags
+    assert run_tags["governance.report_sha256"] == doc["sha256"]["pdf"]
+    assert run_tags["governance.report_signer_sha256"] == fingerprint
 
     # the whole run as downloaded from MLflow verifies: report/ sits beside explanations/ and run.json
     dl = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "dl"),
                                                   tracking_uri=registry.uri))
-    res = verify_report(dl / "report" / "report.pdf", expected_sha256=tags["governance.report_sha256"])
-    assert res.ok, [c for c in res.checks if c.status != "ok"]
+    res = verify_report(dl / "report" / "report.pdf", expected_sha256=tags["governance.report_sha256"], trust=[cert])
+    assert res.ok and res.trusted, [c for c in res.checks if c.status != "ok"]
     assert any(c.name == "evidence artifacts match their sha256" and c.status == "ok" for c in res.checks)
     report = json.loads((dl / "report" / "report.json").read_text())
     assert report["human"]["intended_use"]["source"] == "model card"

@@ -201,13 +201,15 @@ def copy_of(built, tmp_path):
 
 
 def test_verify_passes_on_the_pristine_report(built):
-    res = verify_report(built["result"].pdf_path)
-    assert res.ok, [c for c in res.checks if c.status != "ok"]
+    unsigned = verify_report(built["result"].pdf_path)
+    assert not unsigned.ok and [c.name for c in unsigned.checks if c.status == "unavailable"] == ["PDF signature"]
+    res = verify_report(built["result"].pdf_path, skip=["signature"])
+    assert res.ok and res.integrity_only, [c for c in res.checks if c.status != "ok"]
     names = {c.name for c in res.checks if c.status == "ok"}
     assert "evidence artifacts match their sha256" in names
     assert "PDF pages print the embedded report.json hash and report id" in names
     assert res.report_id == built["result"].report_id
-    assert verify_report(built["result"].out_dir, expected_sha256=built["result"].pdf_sha256).ok
+    assert verify_report(built["result"].out_dir, expected_sha256=built["result"].pdf_sha256, skip=["signature"]).ok
 
 
 def _failed(res):
@@ -277,10 +279,10 @@ def test_pdf_without_attachments_is_not_verified(tmp_path):
 
 
 def test_verify_cli_exit_codes(built, copy_of, cli_invoke):
-    code, out, _ = cli_invoke("verify", str(built["result"].pdf_path))
+    code, out, _ = cli_invoke("verify", str(built["result"].pdf_path), "--skip", "signature")
     assert code == 0 and "VERIFIED" in out
     (copy_of / "evidence/run.json").write_text("{}")
-    code, out, err = cli_invoke("verify", str(copy_of / "report.pdf"))
+    code, out, err = cli_invoke("verify", str(copy_of / "report.pdf"), "--skip", "signature")
     assert code == 8
     assert "NOT VERIFIED" in err and "modified: run.json" in out
     code, out, _ = cli_invoke("verify", str(copy_of), "--json")
@@ -291,7 +293,7 @@ def test_verify_checks_model_files_against_the_registry_hashes(built, finished_r
     model_dir = tmp_path / "model"
     shutil.copytree(finished_run.workdir.parent / "model", model_dir)
     pdf = built["result"].pdf_path
-    assert verify_report(pdf, model_dir=model_dir).ok
+    assert verify_report(pdf, model_dir=model_dir, skip=["signature"]).ok
     (model_dir / "model.onnx").write_bytes(b"not the model")
     (model_dir / "extra.bin").write_bytes(b"x")
     detail = _failed(verify_report(pdf, model_dir=model_dir))["model files match the registry hashes"]

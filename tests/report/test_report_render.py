@@ -94,7 +94,7 @@ def test_report_json_holds_derived_blocks_and_the_raw_run(finished_run, tmp_path
     assert kinds["interpreter.fidelity"] == "faithfulness" and "interpreter.conciseness" not in kinds
     assert doc["comparison"]["file_diff"]["changed"] == ["model.onnx"]
     assert [m["method"] for m in doc["limitations"]["methods_not_run"]] == ["bort", "spectral"]
-    assert doc["report_id"].startswith("GR-") and len(doc["report_id"]) == 20
+    assert re.fullmatch(r"GR-\d{8}-[0-9A-F]{8}-[0-9A-F]{8}", doc["report_id"]), doc["report_id"]
 
 
 def test_rebuild_in_place_from_the_bundled_evidence(finished_run, tmp_path):

@@ -4,9 +4,11 @@ triggers for the same version collapse into one job."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,12 +41,16 @@ def stack(tmp_path_factory):
                     "--workers", "1"], mlflow_env, tmp / "mlflow.log")
     tracking = f"http://127.0.0.1:{mport}"
     queue = tmp / "queue.db"
+    from governance.report.signing import make_test_identity
+
+    key, cert = make_test_identity(tmp / "keys", name="E2E Service Signer")
     gov_env = child_env(tmp, GOVERNANCE_WEBHOOK_SECRET=SECRET, MLFLOW_TRACKING_URI=tracking,
                         GOVERNANCE_QUEUE=f"sqlite:///{queue}", PYTHONPATH=str(FIXTURE_PLUGINS),
                         GOVERNANCE_ORT_THREADS="2", MLFLOW_HTTP_REQUEST_MAX_RETRIES="2",
                         # report settings shared by serve, watch and schedule (one settings fingerprint)
                         GOVERNANCE_PLUGINS="testplugin", GOVERNANCE_METHODS="occlusion", GOVERNANCE_MAX_SAMPLES="16",
-                        GOVERNANCE_POLICY=str(policy), GOVERNANCE_OUTPUT_DIR=str(tmp / "reports"))
+                        GOVERNANCE_POLICY=str(policy), GOVERNANCE_OUTPUT_DIR=str(tmp / "reports"),
+                        GOVERNANCE_SIGN_KEY=str(key), GOVERNANCE_SIGN_CERT=str(cert))
     receiver = None
     try:
         wait_http(f"{tracking}/health", 90, server)
@@ -53,7 +59,7 @@ def stack(tmp_path_factory):
                          gov_env, tmp / "serve.log")
         wait_http(f"http://127.0.0.1:{rport}/health", 60, receiver)
         yield {"tracking": tracking, "receiver_url": f"http://127.0.0.1:{rport}/webhook", "queue": queue,
-               "env": gov_env, "tmp": tmp}
+               "env": gov_env, "tmp": tmp, "cert": cert, "health": f"http://127.0.0.1:{rport}/health"}
     finally:
         if receiver is not None:
             stop(receiver)
@@ -127,7 +133,7 @@ def test_registering_a_version_produces_a_run(stack, gov, monkeypatch):
     with mlflow.start_run():
         mlflow.log_artifact(str(eval_file), "governance")  # labelled data: the policy checks accuracy
         mlflow.pytorch.log_model(mlp, name="model", input_example=bc.X[:4], pip_requirements=["torch"],
-                                 serialization_format="pickle", registered_model_name="e2e-mlp")
+                                 registered_model_name="e2e-mlp")  # pt2: the service refuses pickle
 
     jobs = wait_jobs(queue, lambda js: any(j.payload["model_uri"] == "models:/e2e-mlp/1" and j.final for j in js),
                      240, log)
@@ -137,17 +143,18 @@ def test_registering_a_version_produces_a_run(stack, gov, monkeypatch):
     res = job.result
     assert res["reported"] and res["verdict"] == "pass" and res["status"] == "pass" and res["run_status"] == "ok"
     pdf = Path(res["pdf"])
-    assert pdf.is_file() and pdf.parent == stack["tmp"] / "reports" / "e2e-mlp-v1"
+    # the job's own folder: another report on the same version can never overwrite what the job records
+    assert pdf.is_file() and pdf.parent == stack["tmp"] / "reports" / "e2e-mlp-v1" / f"job-{job.id}"
+    assert res["signer"] == "E2E Service Signer" and res["pdf_sha256"] == hashlib.sha256(pdf.read_bytes()).hexdigest()
     client = MlflowClient(tracking_uri=stack["tracking"])
     run = client.get_run(res["mlflow_run_id"])
     assert run.info.status == "FINISHED" and any(k.startswith("occlusion.") for k in run.data.metrics)
     tags = client.get_model_version("e2e-mlp", "1").tags
     assert tags["governance.report_run_id"] == run.info.run_id and tags["governance.status"] == "pass"
-    import hashlib
-
     assert tags["governance.report_sha256"] == hashlib.sha256(pdf.read_bytes()).hexdigest()
-    code, out, err = gov("verify", str(pdf))
-    assert code == 0, out + err
+    assert tags["governance.report_signer"] == "E2E Service Signer"
+    code, out, err = gov("verify", str(pdf), "--trust", str(stack["cert"]))
+    assert code == 0 and "signed by E2E Service Signer" in out, out + err
 
     # the alias event names the same version under the same settings: no second job
     client.set_registered_model_alias("e2e-mlp", "champion", "1")
@@ -168,3 +175,40 @@ def test_registering_a_version_produces_a_run(stack, gov, monkeypatch):
 
     listing = json.loads(gov("jobs", "--json")[1])
     assert listing["counts"]["succeeded"] == 2 and listing["counts"]["failed"] == 0
+
+
+def test_health_says_only_ok_without_the_secret(stack):
+    with urllib.request.urlopen(stack["health"], timeout=10) as resp:
+        assert json.loads(resp.read()) == {"status": "ok"}
+    req = urllib.request.Request(stack["health"], headers={"Authorization": "Bearer not-the-secret"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert json.loads(resp.read()) == {"status": "ok"}
+    req = urllib.request.Request(stack["health"], headers={"Authorization": f"Bearer {SECRET}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        doc = json.loads(resp.read())
+    assert "alias champion" in doc["rules"] and "jobs" in doc and doc["worker"]["alive"]
+
+
+def test_a_registered_pickle_payload_never_runs_in_the_worker(stack, gov, monkeypatch, tmp_path):
+    """Issue 20: one webhook made the serve worker unpickle a registered model (running its payload) and
+    mark the job succeeded. Now the job fails with the reason, and the payload never runs."""
+    from tests.pickle_payload import register_payload_model
+
+    assert gov("webhook", "install", "--url", stack["receiver_url"], "--alias", "champion",
+               "--tag", "governance.request")[0] == 0
+    marker = tmp_path / "PAYLOAD-RAN"
+    uri = register_payload_model(stack["tracking"], "e2e-payload", marker, tmp_path)
+    queue = JobQueue(stack["queue"])
+    jobs = wait_jobs(queue, lambda js: any(j.payload["model_uri"] == uri and j.final for j in js), 180,
+                     stack["tmp"] / "serve.log")
+    (job,) = [j for j in jobs if j.payload["model_uri"] == uri]
+    assert job.state == "failed" and "pickle-format PyTorch model" in job.error and "--trust-pickle" in job.error
+    assert job.attempts == 1  # a refusal is permanent, not retried
+    assert not marker.exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack["tracking"])
+    exp = client.get_experiment_by_name("governance")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`governance.model_name` = 'e2e-payload'") \
+        if exp else []
+    assert runs == []  # refused before any MLflow write

@@ -156,3 +156,58 @@ def test_health(rx):
     rx.handle(forged(body), body)
     h = rx.health()
     assert h["jobs"]["queued"] == 1 and h["deliveries"] == {"job:created": 1, "rejected:bad-signature": 1}
+
+
+def test_version_spellings_of_one_version_make_one_job(rx):
+    """Issue 20: webhook versions "002" and "2" made two jobs for one version."""
+    for version in ("002", "2", 2, "0002"):
+        body = envelope("model_version.created", {"name": "fraud-a", "version": version, "source": "s"})
+        assert rx.handle(signed_headers(body), body)[0] == 202
+    (job,) = jobs(rx)
+    assert job.payload["version"] == "2" and job.payload["model_uri"] == "models:/fraud-a/2" and job.duplicates == 3
+    for version in ("0", "-1", "2.0", True, "", "1e3"):
+        body = envelope("model_version.created", {"name": "fraud-a", "version": version, "source": "s"})
+        status, doc = rx.handle(signed_headers(body), body)
+        assert status == 400 and doc["reason"] == "malformed", version
+    assert len(jobs(rx)) == 1
+
+
+def test_health_details_need_the_webhook_secret(rx):
+    body = created("fraud-a", 3)
+    rx.handle(signed_headers(body), body)
+    assert rx.health(authorised=rx.authorised({})) == {"status": "ok"}
+    for header in ("Bearer wrong-secret-of-the-same-sort", "Basic " + SECRET, SECRET, "Bearer "):
+        assert not rx.authorised({"Authorization": header}), header
+    assert rx.authorised({"authorization": f"Bearer {SECRET}"})
+    detail = rx.health(authorised=rx.authorised({"Authorization": f"Bearer {SECRET}"}))
+    assert detail["jobs"]["queued"] == 1 and "alias champion" in detail["rules"]
+
+
+def _get_health(app, headers: dict[str, str]) -> dict:
+    """One GET /health through the ASGI app itself (no server, no HTTP client library needed)."""
+    import asyncio
+
+    sent: list[dict] = []
+    scope = {"type": "http", "method": "GET", "path": "/health", "raw_path": b"/health", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()], "http_version": "1.1",
+             "scheme": "http", "server": ("test", 80), "client": ("test", 1), "root_path": ""}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 200
+    return json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+
+def test_health_over_asgi_hides_rules_and_counts(rx):
+    from governance.service.receiver import create_app
+
+    app = create_app(rx)
+    assert _get_health(app, {}) == {"status": "ok"}
+    assert _get_health(app, {"Authorization": "Bearer nope"}) == {"status": "ok"}
+    full = _get_health(app, {"Authorization": f"Bearer {SECRET}"})
+    assert set(full) == {"status", "rules", "deliveries", "jobs"}

@@ -96,3 +96,14 @@ def test_fingerprint_follows_file_contents_not_paths(tmp_path):
                                                                                            a.fingerprint())
     with pytest.raises(ConfigError):
         RunSpec(policy=str(tmp_path / "missing.yaml")).fingerprint()
+
+
+def test_trigger_versions_are_normalised():
+    from governance.service.triggers import normalise_version
+
+    assert Trigger("m", "002", "created") == Trigger("m", "2", "created")
+    assert Trigger("m", "002", "created").model_uri == "models:/m/2"
+    assert [normalise_version(v) for v in ("1", "010", 7)] == ["1", "10", "7"]
+    for bad in ("0", "", "x", "-3", "1.0", True):
+        with pytest.raises(ValueError):
+            normalise_version(bad)

@@ -128,8 +128,18 @@ def _probe(info: ModelVersionInfo, n_in: int) -> np.ndarray:
 
 
 def load_tabular_model(info: ModelVersionInfo, flavor: str, *, device: str, batch_size: int,
-                       output: str | None = None, task: str | None = None) -> LoadedModel:
-    """Convert and check; fall back to the native predict function when that is not possible."""
+                       output: str | None = None, task: str | None = None,
+                       trust_pickle: bool | None = None) -> LoadedModel:
+    """Convert and check; fall back to the native predict function when that is not possible. A pickled
+    estimator (MLflow's default for sklearn) is loaded only when pickle is trusted (``pickle_policy``)."""
+    from governance.host.runtimes.pickle_policy import pickle_decision, refusal, tabular_pickle_file
+
+    pickled = tabular_pickle_file(info.flavors.get(flavor) or {})
+    decision = pickle_decision(explicit=trust_pickle) if pickled else None
+    if decision is not None and not decision.allowed:
+        raise refusal(info.display_name, f"is a pickled {flavor} model ({pickled})", decision,
+                      fix=f"log it with mlflow.{flavor}.log_model(..., serialization_format='skops')"
+                      + (" or as an ONNX model" if flavor == "sklearn" else " or in the library's own format"))
     est = load_native(info, flavor)
     n_in = n_features(est)
     native_task = "classification" if is_classifier(est) else "regression"
@@ -144,7 +154,9 @@ def load_tabular_model(info: ModelVersionInfo, flavor: str, *, device: str, batc
                            f"conversion to ONNX failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", task)
     from governance.host.runtimes.onnx_model import OnnxModel
 
-    folder = Path(tempfile.mkdtemp(prefix="governance-converted-"))
+    # beside the downloaded model (inside the job's working folder, removed with it), not loose in TMPDIR
+    parent = info.local_path.parent if info.local_path is not None else None
+    folder = Path(tempfile.mkdtemp(prefix="governance-converted-", dir=parent))
     path = folder / "model.onnx"
     path.write_bytes(proto.SerializeToString())
     model = OnnxModel(path, info, device=device, batch_size=batch_size, output=output, task=task,

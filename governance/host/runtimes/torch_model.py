@@ -198,13 +198,21 @@ def _final_op(module: Any, fx: bool) -> str | None:
         return None
 
 
-def load_torch_model(info: ModelVersionInfo, device: str, batch_size: int, task: str | None = None) -> TorchModel:
-    """Load the ``pytorch`` flavor from ``info.local_path`` (pt2 or pickle)."""
+def load_torch_model(info: ModelVersionInfo, device: str, batch_size: int, task: str | None = None,
+                     trust_pickle: bool | None = None) -> TorchModel:
+    """Load the ``pytorch`` flavor from ``info.local_path`` (pt2, or pickle when trusted: ``trust_pickle``
+    is an explicit opt-in, None lets :func:`~governance.host.runtimes.pickle_policy.pickle_decision` decide)."""
     import mlflow.pytorch
     import torch
 
+    from governance.host.runtimes.pickle_policy import mlflow_pickle_switch, pickle_decision, refusal
+
+    decision = pickle_decision(explicit=trust_pickle)
+    if not decision.allowed and _is_pickle_format(info):
+        raise refusal(info.display_name, "is a pickle-format PyTorch model (data/model.pth)", decision)
     try:
-        module = mlflow.pytorch.load_model(str(info.local_path), map_location=torch.device(device))
+        with mlflow_pickle_switch(decision.allowed):
+            module = mlflow.pytorch.load_model(str(info.local_path), map_location=torch.device(device))
     except ModuleNotFoundError as exc:
         raise ModelLoadError(
             f"the pickled PyTorch model needs module '{exc.name}', which is not importable here",
@@ -212,6 +220,8 @@ def load_torch_model(info: ModelVersionInfo, device: str, batch_size: int, task:
             "or in the pt2 format (mlflow.pytorch.log_model's default)",
         ) from exc
     except Exception as exc:
+        if not decision.allowed and "pickle" in str(exc).lower():
+            raise refusal(info.display_name, "is a pt2 archive with pickled records", decision) from None
         raise ModelLoadError(f"could not load the PyTorch model from {info.uri}: {type(exc).__name__}: {exc}",
                              hint="check that the model was logged with mlflow.pytorch.log_model") from exc
     spec = _input_spec_from_signature(info)
@@ -221,6 +231,13 @@ def load_torch_model(info: ModelVersionInfo, device: str, batch_size: int, task:
             hint="log the model with an input_example (or signature) of shape (batch>=2, ...)",
         )
     return TorchModel(module, info, spec, device=device, batch_size=batch_size, task=task)
+
+
+def _is_pickle_format(info: ModelVersionInfo) -> bool:
+    """MLflow's pytorch flavor stores a pickle as ``<model_data>/model.pth`` (or as the file itself)."""
+    data = (info.flavors.get("pytorch") or {}).get("model_data", "data")
+    path = info.local_path / data if info.local_path is not None else None
+    return path is not None and (path.is_file() or (path / "model.pth").exists())
 
 
 def _input_spec_from_signature(info: ModelVersionInfo) -> TensorSpec | None:
