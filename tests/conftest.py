@@ -48,6 +48,8 @@ def _clean_mlflow_env(monkeypatch):
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     yield
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        os.environ.pop(var, None)  # set during the test (mlflow.set_registry_uri exports it): monkeypatch missed it
     mlflow = sys.modules.get("mlflow")  # only if a test used it (the GPU machine has no mlflow)
     if mlflow is None:
         return

@@ -30,6 +30,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("promote-store")
     uri = f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # never a registry URI another test left behind
     mlflow.set_experiment("training")
     ds = breast_cancer_dataset()
     np.savez(root / "eval.npz", X=ds.X[:64], y=ds.y[:64])
@@ -40,6 +41,7 @@ def store(tmp_path_factory):
             mlflow.pytorch.log_model(model, name="model", input_example=ds.X[:2], pip_requirements=["torch"],
                                      registered_model_name=NAME)
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
     (root / "policy.yaml").write_text(POLICY)
     return {"uri": uri, "root": root, "policy": str(root / "policy.yaml")}
 

@@ -4,7 +4,6 @@ or its input example. Every path ends in a checked :class:`Dataset` or a DataErr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 from governance.contract.errors import TrackingError

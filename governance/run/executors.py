@@ -17,7 +17,7 @@ import hashlib
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
@@ -178,9 +178,9 @@ class RayExecutor(Executor):
         outcomes: list[Any] = []
         for uri, ref in zip(uris, refs):
             try:
-                ok, value = ray.get(ref)
+                _, value = ray.get(ref)
             except Exception as exc:  # the worker died (out of memory, segfault): no value came back
-                ok, value = False, GovernanceError(f"the Ray task for {uri} died: {exc}",
+                value = GovernanceError(f"the Ray task for {uri} died: {exc}",
                                                    hint="check the Ray worker logs; try --executor local")
             outcomes.append(value)
         return _settle(outcomes, return_exceptions)

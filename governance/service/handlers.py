@@ -50,15 +50,6 @@ def report_job(job: Job) -> dict[str, Any]:
     """Explain ``job.payload['model_uri']`` with the job's RunSpec, log to MLflow, render the report.
 
     Reports go to ``--output-dir`` (default ``$GOVERNANCE_HOME/reports``) in ``<name>-v<version>/job-<id>/``
-    (a folder of its own, so the path the job records always holds this job's report) and to the
-    governance run in MLflow. A policy verdict of "fail" is a result, not a job failure: it is recorded
-    in the job's result (and in the version's ``governance.status`` tag). Pickle-format models are loaded
-    only when the service was started with ``--trust-pickle``, whatever the environment says.
-    """
-def report_job(job: Job) -> dict[str, Any]:
-    """Explain ``job.payload['model_uri']`` with the job's RunSpec, log to MLflow, render the report.
-
-    Reports go to ``--output-dir`` (default ``$GOVERNANCE_HOME/reports``) in ``<name>-v<version>/job-<id>/``
     (a folder of its own, so the path the job records always holds this job's report) and to the governance
     run in MLflow. A policy verdict of "fail" is a result, not a job failure: it is recorded in the job's
     result (and in the version's ``governance.status`` tag). Pickle-format models are loaded only when the

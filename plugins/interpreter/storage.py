@@ -141,7 +141,7 @@ def save_and_log(method: Any, ctx: Any, interp: FlintInterpreter, plan: Any, ev:
     ``log_model`` is on, log it as an MLflow model into the governance run. A failure to log is a warning:
     the interpretations stand, only the extra MLflow copy is missing."""
     cfg = ctx.config
-    folder = save_interpreter(interp, ctx.workdir / MODEL_FOLDER, extra={
+    save_interpreter(interp, ctx.workdir / MODEL_FOLDER, extra={
         "method": method.name, "method_version": method.version, "seed": int(ctx.seed),
         "config": cfg.model_dump(), "fidelity": ev.metrics["fidelity"]})
     warnings: list[str] = []

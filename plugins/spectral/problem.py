@@ -260,5 +260,5 @@ def _too_many_terms(d: int, p: int, q: int, n_terms: int, cfg: SpectralConfig, k
     hint = (f"reduce the inputs to at most {fits} coordinates: reduce='pca' with n_components<={fits}, "
             f"reduce='top_k' with top_k<={fits}, reduce='features' with a list"
             + (", or reduce='pool' for images" if kind != "pool" else ", or a larger pool_size")
-            + f"; or lower degree/interaction_order; or raise max_terms (memory grows with its square)")
+            + "; or lower degree/interaction_order; or raise max_terms (memory grows with its square)")
     return msg, hint

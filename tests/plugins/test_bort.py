@@ -740,11 +740,12 @@ def test_export_graph_traceback_equals_the_module_traceback():
 
 def _reference_deletion_insertion(forward, X: np.ndarray, saliency: np.ndarray, seed: int, steps: int = 20):
     """Deletion/insertion of whole pixels to a zero baseline, predicted-class softmax, trapezoid AUC (RISE),
-    written out per image; ties in the ranking are broken by the documented random draw of the given seed."""
+    written out per image; ties in the ranking are broken by the documented random draw of the given seed. Step k
+    moves floor(k * P / steps) pixels and the x-axis is the share actually moved (issue 15's step rule)."""
     n, P = len(X), saliency[0].size
     tiebreak = np.random.default_rng(seed).random((n, P))
     order = np.lexsort((tiebreak, -saliency.reshape(n, P)), axis=1)
-    counts = np.rint(np.linspace(0.0, 1.0, steps + 1) * P).astype(int)
+    counts = np.array([k * P // steps for k in range(steps + 1)])
     pred = forward(X).argmax(1)
     aucs = []
     for i in range(n):
@@ -760,7 +761,7 @@ def _reference_deletion_insertion(forward, X: np.ndarray, saliency: np.ndarray, 
             p = p[:, pred[i]] / p.sum(1)
             curves["deletion"].append(p[0])
             curves["insertion"].append(p[1])
-        x = np.linspace(0.0, 1.0, steps + 1)
+        x = counts / P
         aucs.append([np.trapezoid(curves["deletion"], x), np.trapezoid(curves["insertion"], x)])
     return np.mean(aucs, axis=0)
 

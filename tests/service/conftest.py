@@ -85,6 +85,18 @@ def child_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def start_mlflow_server(tmp: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store under ``tmp`` and webhooks enabled (private
+    addresses allowed, a fresh encryption key, a 1 s webhook cache)."""
+    from cryptography.fernet import Fernet
+
+    env = child_env(tmp, MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https", MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
+                    MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=Fernet.generate_key().decode(), MLFLOW_WEBHOOK_CACHE_TTL="1")
+    return start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                  "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+                  "--workers", "1"], env, tmp / "mlflow.log")
+
+
 def governance_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "governance", *args]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from governance.service.queue import JobQueue
 
-from .conftest import REPO, SECRET, child_env, free_port, governance_cmd, start, stop, wait_http
+from .conftest import REPO, SECRET, child_env, free_port, governance_cmd, start, start_mlflow_server, stop, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -25,20 +24,13 @@ FIXTURE_PLUGINS = REPO / "tests" / "fixture_plugins"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """mlflow server + `governance serve` (in-process worker, real report handler)."""
-    from cryptography.fernet import Fernet
 
     tmp = tmp_path_factory.mktemp("e2e")
     mport, rport = free_port(), free_port()
     policy = tmp / "policy.yaml"
     policy.write_text("name: e2e gate\nrequired_methods: [occlusion]\nchecks:\n"
                       "  - metric: performance.accuracy\n    op: \">=\"\n    value: 0.5\n")
-    mlflow_env = child_env(
-        tmp, MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https", MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
-        MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=Fernet.generate_key().decode(), MLFLOW_WEBHOOK_CACHE_TTL="1",
-    )
-    server = start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
-                    "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(mport),
-                    "--workers", "1"], mlflow_env, tmp / "mlflow.log")
+    server = start_mlflow_server(tmp, mport)
     tracking = f"http://127.0.0.1:{mport}"
     queue = tmp / "queue.db"
     from governance.report.signing import make_test_identity

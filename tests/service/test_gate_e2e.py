@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from governance.service.queue import JobQueue
 from tests.notify_listener import NOTIFY_SECRET, Listener
 
-from .conftest import REPO, SECRET, child_env, free_port, governance_cmd, start, stop, wait_http
+from .conftest import REPO, SECRET, child_env, free_port, governance_cmd, start, start_mlflow_server, stop, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +50,6 @@ def _register(tracking: str, tmp: Path) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from cryptography.fernet import Fernet
     from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("gate-e2e")
@@ -59,12 +57,7 @@ def stack(tmp_path_factory):
     policy = tmp / "policy.yaml"
     policy.write_text("name: gate e2e\nrequired_methods: [occlusion]\nchecks:\n"
                       "  - metric: performance.accuracy\n    op: \">=\"\n    value: 0.9\n")
-    server = start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
-                    "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(mport),
-                    "--workers", "1"],
-                   child_env(tmp, MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https", MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
-                             MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=Fernet.generate_key().decode(),
-                             MLFLOW_WEBHOOK_CACHE_TTL="1"), tmp / "mlflow.log")
+    server = start_mlflow_server(tmp, mport)
     tracking = f"http://127.0.0.1:{mport}"
     listener = Listener().start()
     env = child_env(tmp, GOVERNANCE_WEBHOOK_SECRET=SECRET, GOVERNANCE_NOTIFY_SECRET=NOTIFY_SECRET,
